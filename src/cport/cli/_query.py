@@ -1,0 +1,211 @@
+"""`cport explain` and `cport ports`: the two questions operators ask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table as RichTable
+
+from cport.cli._common import (
+    EXIT_FAIL,
+    allocator,
+    console,
+    emit_json,
+    extra_labels,
+    handle_errors,
+    load_bundle,
+    load_options,
+    output_option,
+)
+from cport.engine import Flow, compile_table, explain, ports_report, resolve_endpoint
+from cport.engine._explain import DirectionReport, Explanation
+from cport.engine._report import DirectionPorts
+from cport.errors import FlowError
+from cport.model import PROTO_NUMBERS
+
+_COLOURS = {"allowed": "green", "denied": "red", "audit": "yellow", "auth-required": "magenta"}
+
+
+def parse_port(text: str) -> tuple[int, int]:
+    """``5432`` or ``5432/TCP`` → (port, protocol number)."""
+    port_text, _, proto = text.partition("/")
+    proto = (proto or "TCP").upper()
+    if proto not in PROTO_NUMBERS:
+        raise click.BadParameter(f"protocol {proto!r}: use TCP, UDP or SCTP")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise click.BadParameter(f"port {port_text!r}: a number from 1 to 65535")
+    return int(port_text), PROTO_NUMBERS[proto]
+
+
+def _policy_list(refs: list[dict[str, object]]) -> str:
+    out = []
+    for r in refs:
+        where = f"{r['namespace']}/{r['name']}" if r["namespace"] else str(r["name"])
+        mode = " (audit)" if r["mode"] == "audit" else ""
+        out.append(f"{r['kind']} {where} {r['rule']} rev {r['revision']}{mode}")
+    return "; ".join(out)
+
+
+def _print_direction(label: str, rep: DirectionReport) -> None:
+    d = rep.to_json()
+    colour = _COLOURS.get(str(d["verdict"]), "white")
+    who = rep.endpoint or "not a workload"
+    console.print(
+        f"  {label:<7} [bold]{who}[/bold]: [{colour}]{d['verdict']}[/{colour}] ({d['reason']})"
+    )
+    if not d["governed"]:
+        console.print("          no policy selects it in this direction: allowed")
+        return
+    console.print(f"          selected by: {_policy_list(d['selectedBy'])}")  # type: ignore[arg-type]
+    row = d["row"]
+    if row:
+        console.print(f"          matched row: peer {row['peer']}, ports {row['ports']}")  # type: ignore[index]
+    else:
+        console.print("          no row for this peer and port: the default applies")
+    for key, text in (
+        ("allowedBy", "allowed by"),
+        ("deniedBy", "denied by"),
+        ("auditedBy", "audit (would deny)"),
+    ):
+        if d[key]:
+            console.print(f"          {text}: {_policy_list(d[key])}")  # type: ignore[arg-type]
+
+
+def print_explanation(exp: Explanation) -> None:
+    colour = _COLOURS.get(exp.verdict, "white")
+    console.print(
+        f"[bold {colour}]{exp.verdict.upper()}[/bold {colour}]  reason: "
+        f"{exp.decision.reason.value}  (table revision {exp.revision})"
+    )
+    console.print(
+        f"  {exp.src.display} (identity {exp.src.identity}) → {exp.dst.display} "
+        f"(identity {exp.dst.identity})  {exp.flow.port}/{exp.protocol}"
+    )
+    _print_direction("egress", exp.egress)
+    _print_direction("ingress", exp.ingress)
+    if exp.decision.verdict.value == "auth-required":
+        console.print("  the port requires a verified credential (authentication: required)")
+
+
+@click.command(name="explain")
+@load_options
+@click.option(
+    "--from",
+    "src",
+    required=True,
+    help="Source: NAMESPACE/WORKLOAD, entity:NAME, cidr:IP or labels:k=v,…",
+)
+@click.option("--to", "dst", required=True, help="Destination, same forms as --from.")
+@click.option("--port", "port", required=True, help="Destination port, N or N/PROTO (TCP).")
+@output_option
+@handle_errors
+def explain_cmd(
+    policies: tuple[str, ...],
+    inventory: tuple[str, ...],
+    state_dir: Path | None,
+    cluster: str,
+    skip_unsupported: bool,
+    src: str,
+    dst: str,
+    port: str,
+    output: str,
+) -> None:
+    """Explain whether SRC may reach DST on PORT, and which policies decide it.
+
+    Exit status 0 when allowed (or audit), 1 when denied."""
+    port_num, proto = parse_port(port)
+    bundle = load_bundle(policies, inventory, cluster, skip_unsupported)
+    table = compile_table(
+        bundle.policies,
+        bundle.inventory,
+        allocator(state_dir),
+        extra_identities=extra_labels(src, dst),
+    )
+    s = resolve_endpoint(table, bundle.inventory, src)
+    d = resolve_endpoint(table, bundle.inventory, dst)
+    exp = explain(table, Flow(s.identity, d.identity, proto, port_num), s, d)
+    if output == "json":
+        emit_json(exp.to_json())
+    else:
+        print_explanation(exp)
+    if exp.verdict == "denied":
+        raise SystemExit(EXIT_FAIL)
+
+
+def _print_ports(title: str, dp: DirectionPorts) -> None:
+    if dp.governed:
+        by = ", ".join(
+            f"{r['kind']} "
+            + (f"{r['namespace']}/{r['name']}" if r["namespace"] else str(r["name"]))
+            for r in dp.selected_by
+        )
+        console.print(f"[bold]{title}[/bold]: governed by {by}; unmatched traffic: {dp.default}")
+    else:
+        console.print(f"[bold]{title}[/bold]: {dp.default}")
+    if not dp.ports:
+        console.print("  (no ports named)")
+        return
+    rt = RichTable(
+        "port", "proto", "name", "may connect", "denied", "policy (mode)", box=None, pad_edge=False
+    )
+    for line in dp.ports:
+        allowed = [
+            ("[magenta](auth required)[/magenta] " if g.auth else "")
+            + f"{'; '.join(g.peers)}"
+            + ("" if g.resolved is None else f" → {g.names()}")
+            for g in line.allowed
+        ]
+        denied = [
+            f"{'; '.join(g.peers)}" + ("" if g.resolved is None else f" → {g.names()}")
+            for g in line.denied
+        ]
+        pols = sorted(
+            {
+                f"{g.policy_name} ({g.mode})"
+                for g in (*line.allowed, *line.denied)
+                if g.entry is not None and g.entry.ref.policy.kind != "Default"
+            }
+        )
+        rt.add_row(
+            line.port,
+            line.protocol,
+            line.name,
+            "\n".join(allowed) or "[red]nobody[/red]",
+            "\n".join(denied),
+            "\n".join(pols),
+        )
+    console.print(rt)
+
+
+@click.command(name="ports")
+@click.argument("workload")
+@load_options
+@output_option
+@handle_errors
+def ports_cmd(
+    workload: str,
+    policies: tuple[str, ...],
+    inventory: tuple[str, ...],
+    state_dir: Path | None,
+    cluster: str,
+    skip_unsupported: bool,
+    output: str,
+) -> None:
+    """Every port of WORKLOAD (NAMESPACE/NAME): who may connect, under which policy."""
+    if "/" not in workload:
+        raise FlowError(f"{workload!r}: name the workload as NAMESPACE/NAME", code="invalid-flow")
+    bundle = load_bundle(policies, inventory, cluster, skip_unsupported)
+    table = compile_table(bundle.policies, bundle.inventory, allocator(state_dir))
+    ns, _, name = workload.partition("/")
+    report = ports_report(table, bundle.inventory.find(ns, name))
+    if output == "json":
+        emit_json(report.to_json())
+        return
+    w = report.workload
+    console.print(
+        f"[bold]{w.ref}[/bold] ({w.kind}, service account {w.service_account}, "
+        f"identity {report.identity}, addresses {', '.join(w.addresses) or '-'})"
+    )
+    _print_ports("ingress", report.ingress)
+    _print_ports("egress", report.egress)

@@ -165,15 +165,17 @@ class Compiler:
     # -- public --------------------------------------------------------------------------
     def compile(self, policies: Iterable[Policy]) -> Table:
         """Compile `policies` from scratch (forgetting any earlier ones)."""
-        self.policies = {}
+        self.revision += 1
+        self.policies = {p.key: (p, self.revision) for p in policies}
+        return self._rebuild()
+
+    def _rebuild(self) -> Table:
+        """Resolve everything again for the current policies, keeping their revisions."""
         self._shared.clear()
         self._subjects.clear()
         for d in self._ep_rules.values():
             d.clear()
         self._ingress, self._egress = {}, {}
-        self.revision += 1
-        for p in policies:
-            self.policies[p.key] = (p, self.revision)
         self._setup_identities()
         for key, (pol, _) in self.policies.items():
             for i, rule in enumerate(pol.rules):
@@ -202,7 +204,7 @@ class Compiler:
                 new_cidrs = True
         if new_cidrs:
             # A new CIDR prefix adds identities every selector may match: start over.
-            return self.compile([p for p, _ in self.policies.values()])
+            return self._rebuild()
         for key in changed:
             if key in self.policies:
                 for i, rule in enumerate(self.policies[key][0].rules):

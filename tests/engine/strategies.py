@@ -8,7 +8,7 @@ import ipaddress
 from hypothesis import strategies as st
 
 from cport.errors import Location
-from cport.identity import Label, Labels
+from cport.identity import Labels
 from cport.identity._labels import NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX, SERVICEACCOUNT_KEY
 from cport.model import (
     ContainerPort,
@@ -182,8 +182,7 @@ def policy_sets(draw: st.DrawFn) -> list[Policy]:
 
 
 USERS = [
-    Labels([Label("oidc", "iss", "corp"), Label("oidc", "sub", "u1"), Label("oidc", "groups", "dba")]),
-    Labels([Label("oidc", "iss", "corp"), Label("oidc", "sub", "v2"), Label("oidc", "groups", "dev")]),
-    Labels([Label("oidc", "iss", "corp"), Label("oidc", "sub", "u3"), Label("oidc", "groups", "dba"),
-            Label("agent", "actor", "copilot")]),
+    Labels.parse("oidc:iss=corp,oidc:sub=u1,oidc:groups=dba"),
+    Labels.parse("oidc:iss=corp,oidc:sub=v2,oidc:groups=dev"),
+    Labels.parse("oidc:iss=corp,oidc:sub=u3,oidc:groups=dba,agent:actor=copilot"),
 ]

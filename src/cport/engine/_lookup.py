@@ -64,32 +64,35 @@ def lookup_hit(epp: EndpointPolicy, peer: int, proto: int, port: int) -> Hit:
     return Hit(epp.default, None)
 
 
-def combine(table: Table, eg: Cell, ing: Cell) -> Decision:
+def combine(eg: Cell, ing: Cell) -> Decision:
     """Both directions governed: the stricter verdict wins (egress first on ties)."""
-    key = (id(eg), id(ing))
-    hit = table.combined.get(key)
-    if hit is not None:
-        return hit
     first, second = (eg, ing) if _RANK[eg.verdict] >= _RANK[ing.verdict] else (ing, eg)
     reason = first.reason
     if first.verdict is Verdict.ALLOWED and second.reason is Reason.ALLOWED:
         reason = Reason.ALLOWED
-    decision = Decision(first.verdict, reason, eg, ing)
-    table.combined[key] = decision
+    decision = eg.pairs[ing] = Decision(first.verdict, reason, eg, ing)
     return decision
 
 
 def decide(table: Table, flow: Flow) -> Decision:
     """The verdict for `flow`: source egress and destination ingress, each looked up in the
-    compiled table. Pure: no I/O, no clock; the same table and flow give the same answer."""
-    proto = flow.proto
-    port = flow.port
-    epp = table.egress.get(flow.src)
-    eg = lookup(epp, flow.dst, proto, port) if epp is not None else None
-    epp = table.ingress.get(flow.dst)
+    compiled table. Pure: no I/O, no clock; the same table and flow give the same answer.
+
+    Each direction takes :func:`lookup`'s first probe (the peer's exact-port row) inline and
+    calls :func:`lookup` for the rest; this is the hot path of every enforcer."""
+    src = flow.src
+    dst = flow.dst
+    low = (flow.proto << 16) | flow.port
+    epp = table.ingress.get(dst)
+    if epp is not None:
+        ing = epp.exact.get((src << 24) | low) or lookup(epp, src, flow.proto, flow.port)
+        epp = table.egress.get(src)
+        if epp is None:
+            return ing.decision
+        eg = epp.exact.get((dst << 24) | low) or lookup(epp, dst, flow.proto, flow.port)
+        return eg.pairs.get(ing) or combine(eg, ing)
+    epp = table.egress.get(src)
     if epp is None:
-        return eg.decision if eg is not None else _NOT_SELECTED  # type: ignore[return-value]
-    ing = lookup(epp, flow.src, proto, port)
-    if eg is None:
-        return ing.decision  # type: ignore[return-value]
-    return combine(table, eg, ing)
+        return _NOT_SELECTED
+    eg = epp.exact.get((dst << 24) | low) or lookup(epp, dst, flow.proto, flow.port)
+    return eg.decision

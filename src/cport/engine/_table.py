@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from cport.engine._types import Cell, Decision, RuleRef
+from cport.engine._types import Cell, RuleRef
 from cport.identity import Labels
 from cport.model import Direction, PolicyKey, Selector, Workload
 
@@ -105,7 +105,6 @@ class Table:
     ipcache: dict[int, dict[object, int]]  # prefix length → network → identity (per family)
     addresses: dict[str, int]
     workload_ids: dict[tuple[str, str], int] = field(default_factory=dict)
-    combined: dict[tuple[int, int], Decision] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:

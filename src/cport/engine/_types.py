@@ -74,14 +74,19 @@ LOCALHOST_REF = RuleRef(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Cell:
-    """A row's value: verdict, reason and the contributing rule entries."""
+    """A row's value: verdict, reason and the contributing rule entries.
+
+    Cells are interned by the compiler, so identity is equality (and hashing is by identity,
+    which keeps `decide` cheap). `decision` is this cell's verdict as a one-direction
+    :class:`Decision`; `pairs` memoises combined decisions with the other direction's cells."""
 
     verdict: Verdict
     reason: Reason
     contributions: tuple[RuleRef, ...] = ()
-    decision: Decision | None = field(default=None, compare=False, hash=False)
+    decision: Decision = field(default=None, repr=False)  # type: ignore[assignment]
+    pairs: dict[Cell, Decision] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,14 +150,12 @@ def _peer_rule(item: Cursor, prefix: str, namespace: str, *, deny: bool, ingress
         if k.startswith(prefix) or k == "icmps" or (k == "toServices" and not ingress)
     }
     item.mapping(known, unsupported)
-    kinds = [k for k in (f"{prefix}Endpoints", f"{prefix}Entities") if k in item.value]
-    if f"{prefix}CIDR" in item.value or f"{prefix}CIDRSet" in item.value:
-        kinds.append(f"{prefix}CIDR/{prefix}CIDRSet")
+    # Cilium's sanitize() rejects more than one non-empty kind of L3 peer in one rule
+    # (pkg/policy/api/rule_validation.go); an empty list does not count.
+    kinds = [k for k in sorted(l3_keys) if isinstance(item.value.get(k), list) and item.value[k]]
     if len(kinds) > 1:
-        item.fail(
-            f"combining {' and '.join(kinds)} in one rule is not allowed (Cilium rejects it)",
-            hint="write one rule per kind of peer",
-        )
+        item.fail(f"combining {' and '.join(kinds)} in one rule is not allowed (Cilium rejects it)",
+                  hint="write one rule per kind of peer")
     present, peers = _l3(item, prefix, namespace)
     ports = _to_ports(item.get("toPorts"), deny=deny)
     if not present:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from cport.errors import CportError, InputError, InputErrors
 from cport.identity import IdentityAllocator, Labels
@@ -95,10 +96,13 @@ def handle_errors(f: F) -> F:
             if as_json:
                 emit_json({"error": exc.to_json()})
             else:
-                err_console.print(f"[red]error[/red] ({exc.code}): {exc}")
+                err_console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}")
             sys.exit(EXIT_FAIL)
 
     return wrapper  # type: ignore[return-value]
+
+
+__all__ = ["escape"]
 
 
 def report_input_errors(errors: Iterable[InputError], as_json: bool) -> None:
@@ -108,8 +112,8 @@ def report_input_errors(errors: Iterable[InputError], as_json: bool) -> None:
         return
     for e in errs:
         err_console.print(
-            f"[bold]{e.location}[/bold]: [red]{e.code}[/red]: {e.message}"
-            + (f"\n    hint: {e.hint}" if e.hint else ""),
+            f"[bold]{escape(str(e.location))}[/bold]: [red]{e.code}[/red]: {escape(e.message)}"
+            + (f"\n    hint: {escape(e.hint)}" if e.hint else ""),
             soft_wrap=True,
         )
     err_console.print(f"{len(errs)} error(s)")
@@ -120,7 +124,7 @@ def load_bundle(
 ) -> Bundle:
     bundle = load([*policies, *inventory], cluster=cluster, skip_unsupported=skip_unsupported)
     for w in bundle.warnings:
-        err_console.print(f"[yellow]warning[/yellow]: {w}", soft_wrap=True)
+        err_console.print(f"[yellow]warning[/yellow]: {escape(w)}", soft_wrap=True)
     return bundle
 
 

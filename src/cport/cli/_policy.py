@@ -12,6 +12,7 @@ from cport.cli._common import (
     allocator,
     console,
     emit_json,
+    escape,
     handle_errors,
     load_bundle,
     output_option,
@@ -25,7 +26,7 @@ from cport.model import PROTO_NAMES, load
 
 def _summary(d: object) -> str:
     if not isinstance(d, dict):
-        return "[dim]not governed (allow)[/dim]"
+        return "not governed (allow)"
     return f"{d['rows']} rows, default {d['default']}, by {', '.join(d['selectedBy'])}"
 
 
@@ -61,7 +62,7 @@ def validate(paths: tuple[str, ...], skip_unsupported: bool, output: str) -> Non
         )
         return
     for w in bundle.warnings:
-        console.print(f"[yellow]warning[/yellow]: {w}", soft_wrap=True)
+        console.print(f"[yellow]warning[/yellow]: {escape(w)}", soft_wrap=True)
     console.print(
         f"[green]valid[/green]: {bundle.documents} document(s), "
         f"{len(bundle.policies)} polic{'y' if len(bundle.policies) == 1 else 'ies'}, "
@@ -162,10 +163,10 @@ def compile_cmd(
     rt = RichTable("workload", "identity", "ingress", "egress", box=None)
     for item in endpoints:
         rt.add_row(
-            str(item["workload"]),
+            escape(str(item["workload"])),
             str(item["identity"]),
-            _summary(item["ingress"]),
-            _summary(item["egress"]),
+            escape(_summary(item["ingress"])),
+            escape(_summary(item["egress"])),
         )
     console.print(rt)
     if show_rows:
@@ -178,5 +179,6 @@ def compile_cmd(
                     console.print(
                         f"{item['workload']} {direction} peer={r['peer']} "
                         f"{r['ports']}/{r['protocol']} {r['verdict']} "
-                        f"{' '.join(r['policies'])}"
+                        f"{' '.join(r['policies'])}",
+                        markup=False,
                     )

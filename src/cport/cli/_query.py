@@ -12,6 +12,7 @@ from cport.cli._common import (
     allocator,
     console,
     emit_json,
+    escape,
     extra_labels,
     handle_errors,
     load_bundle,
@@ -44,13 +45,13 @@ def _policy_list(refs: list[dict[str, object]]) -> str:
         where = f"{r['namespace']}/{r['name']}" if r["namespace"] else str(r["name"])
         mode = " (audit)" if r["mode"] == "audit" else ""
         out.append(f"{r['kind']} {where} {r['rule']} rev {r['revision']}{mode}")
-    return "; ".join(out)
+    return escape("; ".join(out))
 
 
 def _print_direction(label: str, rep: DirectionReport) -> None:
     d = rep.to_json()
     colour = _COLOURS.get(str(d["verdict"]), "white")
-    who = rep.endpoint or "not a workload"
+    who = escape(rep.endpoint or "not a workload")
     console.print(
         f"  {label:<7} [bold]{who}[/bold]: [{colour}]{d['verdict']}[/{colour}] ({d['reason']})"
     )
@@ -79,7 +80,7 @@ def print_explanation(exp: Explanation) -> None:
         f"{exp.decision.reason.value}  (table revision {exp.revision})"
     )
     console.print(
-        f"  {exp.src.display} (identity {exp.src.identity}) → {exp.dst.display} "
+        f"  {escape(exp.src.display)} (identity {exp.src.identity}) → {escape(exp.dst.display)} "
         f"(identity {exp.dst.identity})  {exp.flow.port}/{exp.protocol}"
     )
     _print_direction("egress", exp.egress)
@@ -140,7 +141,9 @@ def _print_ports(title: str, dp: DirectionPorts) -> None:
             + (f"{r['namespace']}/{r['name']}" if r["namespace"] else str(r["name"]))
             for r in dp.selected_by
         )
-        console.print(f"[bold]{title}[/bold]: governed by {by}; unmatched traffic: {dp.default}")
+        console.print(
+            f"[bold]{title}[/bold]: governed by {escape(by)}; unmatched traffic: {dp.default}"
+        )
     else:
         console.print(f"[bold]{title}[/bold]: {dp.default}")
     if not dp.ports:
@@ -152,12 +155,11 @@ def _print_ports(title: str, dp: DirectionPorts) -> None:
     for line in dp.ports:
         allowed = [
             ("[magenta](auth required)[/magenta] " if g.auth else "")
-            + f"{'; '.join(g.peers)}"
-            + ("" if g.resolved is None else f" → {g.names()}")
+            + escape(f"{'; '.join(g.peers)}" + ("" if g.resolved is None else f" → {g.names()}"))
             for g in line.allowed
         ]
         denied = [
-            f"{'; '.join(g.peers)}" + ("" if g.resolved is None else f" → {g.names()}")
+            escape(f"{'; '.join(g.peers)}" + ("" if g.resolved is None else f" → {g.names()}"))
             for g in line.denied
         ]
         pols = sorted(
@@ -170,10 +172,10 @@ def _print_ports(title: str, dp: DirectionPorts) -> None:
         rt.add_row(
             line.port,
             line.protocol,
-            line.name,
+            escape(line.name),
             "\n".join(allowed) or "[red]nobody[/red]",
             "\n".join(denied),
-            "\n".join(pols),
+            escape("\n".join(pols)),
         )
     console.print(rt)
 
@@ -204,8 +206,9 @@ def ports_cmd(
         return
     w = report.workload
     console.print(
-        f"[bold]{w.ref}[/bold] ({w.kind}, service account {w.service_account}, "
-        f"identity {report.identity}, addresses {', '.join(w.addresses) or '-'})"
+        f"[bold]{escape(w.ref)}[/bold] ({w.kind}, service account "
+        f"{escape(w.service_account)}, identity {report.identity}, "
+        f"addresses {', '.join(w.addresses) or '-'})"
     )
     _print_ports("ingress", report.ingress)
     _print_ports("egress", report.egress)

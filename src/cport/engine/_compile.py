@@ -219,16 +219,25 @@ class Compiler:
 
     # -- identities ----------------------------------------------------------------------
     def _setup_identities(self) -> None:
+        """Allocate every identity the table needs in one batch (one lock and write when the
+        allocator persists), then index them for selection."""
         alloc = self.allocator
         self._endpoints.clear()
         self._named.clear()
         self._all_named.clear()
         self._addresses.clear()
         self._workload_ids.clear()
+        self._cidrs = set()
+        for pol, _ in self.policies.values():
+            self._cidrs |= self._policy_cidrs(pol)
+        cidr_labels = {
+            prefix: Labels([Label("reserved", "world"), Label("cidr", "prefix", prefix)])
+            for prefix in sorted(self._cidrs)
+        }
+        wl_labels = [self.inventory.identity_labels(w) for w in self.inventory]
+        numbers = alloc.allocate_many([*wl_labels, *self._extra, *cidr_labels.values()])
         items: list[tuple[int, Labels]] = list(alloc)
-        for w in self.inventory:
-            labels = self.inventory.identity_labels(w)
-            num = HOST_ID if w.host_network else alloc.allocate(labels)
+        for w, labels, num in zip(self.inventory, wl_labels, numbers, strict=False):
             self._workload_ids[(w.namespace, w.name)] = num
             for addr in w.addresses:
                 self._addresses[addr] = num
@@ -242,21 +251,13 @@ class Compiler:
                     pair = (PROTO_NUMBERS[cp.protocol], cp.port)
                     named.setdefault(cp.name, set()).add(pair)
                     self._all_named.setdefault(cp.name, set()).add(pair)
-        for labels in self._extra:
-            items.append((alloc.allocate(labels), labels))
-        self._cidrs = set()
-        for pol, _ in self.policies.values():
-            self._cidrs |= self._policy_cidrs(pol)
         self._ipcache = {}
-        for prefix in sorted(self._cidrs):
+        for prefix, labels in cidr_labels.items():
             net = ipaddress.ip_network(prefix)
-            labels = Labels([Label("reserved", "world"), Label("cidr", "prefix", prefix)])
             num = alloc.allocate(labels)
-            items.append((num, labels))
             self._ipcache.setdefault(net.version * 1000 + net.prefixlen, {})[net] = num
         self.cache = SelectorCache()
         self.cache.add_identities(items)
-        alloc.save()
         self._identities_ready = True
 
     @staticmethod

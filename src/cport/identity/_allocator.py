@@ -1,8 +1,13 @@
 """Stable numeric identities for label sets, persisted in a state directory.
 
-One label set is one identity, as in Cilium. Allocation is deterministic in order and stable
-across restarts: the mapping is kept in ``<state_dir>/identities.json`` (written atomically with
-a rename, under an exclusive lock so two processes never hand out the same number).
+One label set is one identity, as in Cilium. With a state directory, every allocation is made
+under an exclusive lock against the file's current contents and written (atomically, with a
+rename) before the numbers are returned, so two processes sharing the directory never hand out
+one number for two label sets, and the same labels get the same number after a restart.
+
+State file ``<state_dir>/identities.json``, format version 2::
+
+    {"version": 2, "identities": [{"id": 256, "labels": [["k8s", "app", "web"], ...]}, ...]}
 """
 
 from __future__ import annotations
@@ -13,12 +18,18 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cport.errors import IdentityError
-from cport.identity._labels import Labels
+from cport.identity._labels import Label, Labels
 from cport.identity._reserved import FIRST_CLUSTER_ID, FIRST_LOCAL_ID, RESERVED_IDS, reserved_labels
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_MAX_ID = (1 << 32) - 1
+
+
+def _is_local(labels: Labels) -> bool:
+    return any(lab.source == "cidr" for lab in labels)
 
 
 class IdentityAllocator:
@@ -39,11 +50,10 @@ class IdentityAllocator:
         self._by_id: dict[int, Labels] = {}
         self._next_cluster = FIRST_CLUSTER_ID
         self._next_local = FIRST_LOCAL_ID
-        self._dirty = False
-        for name, num in RESERVED_IDS.items():
-            self._put(reserved_labels(name), num)
+        self._replace({})
         if state_dir is not None:
-            self._load()
+            with self._locked():
+                self._replace(self._read_disk())
 
     # -- queries -------------------------------------------------------------------------
     def lookup(self, labels: Labels) -> int | None:
@@ -53,31 +63,58 @@ class IdentityAllocator:
         return self._by_id.get(identity)
 
     def __iter__(self) -> Iterator[tuple[int, Labels]]:
-        return iter(self._by_id.items())
+        return iter(list(self._by_id.items()))
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     # -- allocation ----------------------------------------------------------------------
     def allocate(self, labels: Labels) -> int:
-        """The identity of `labels`, allocating the next free number if it is new."""
-        num = self._by_labels.get(labels)
-        if num is not None:
-            return num
-        if any(lab.source == "cidr" for lab in labels):
-            num, self._next_local = self._next_local, self._next_local + 1
-        else:
-            num, self._next_cluster = self._next_cluster, self._next_cluster + 1
-        self._put(labels, num)
-        self._dirty = True
-        return num
+        """The identity of `labels`, allocating (and persisting) a number if it is new."""
+        return self.allocate_many([labels])[0]
 
     def allocate_many(self, label_sets: Iterable[Labels]) -> list[int]:
-        return [self.allocate(ls) for ls in label_sets]
+        """Identities for many label sets at once: one lock and one write for the batch."""
+        wanted = list(label_sets)
+        if all(ls in self._by_labels for ls in wanted):
+            return [self._by_labels[ls] for ls in wanted]
+        if self._state_dir is None:
+            self._assign(wanted)
+            return [self._by_labels[ls] for ls in wanted]
+        with self._locked():
+            # Another process may have allocated since we last looked: start from the file.
+            mine = {ls: n for ls, n in self._by_labels.items() if n >= FIRST_CLUSTER_ID}
+            self._replace(self._read_disk())
+            self._assign([*mine, *wanted])
+            self._write()
+        return [self._by_labels[ls] for ls in wanted]
 
-    def _put(self, labels: Labels, num: int) -> None:
-        self._by_labels[labels] = num
-        self._by_id[num] = labels
+    def save(self) -> None:
+        """Kept for callers that batch explicitly; allocations are already persisted."""
+
+    def _assign(self, label_sets: Iterable[Labels]) -> None:
+        for labels in label_sets:
+            if labels in self._by_labels:
+                continue
+            if _is_local(labels):
+                num, self._next_local = self._next_local, self._next_local + 1
+            else:
+                num, self._next_cluster = self._next_cluster, self._next_cluster + 1
+                if num >= FIRST_LOCAL_ID:
+                    raise IdentityError(
+                        "cluster identity space exhausted", code="identity-exhausted"
+                    )
+            self._by_labels[labels] = num
+            self._by_id[num] = labels
+
+    def _replace(self, mapping: dict[Labels, int]) -> None:
+        self._by_labels = {reserved_labels(n): num for n, num in RESERVED_IDS.items()}
+        self._by_labels.update(mapping)
+        self._by_id = {num: ls for ls, num in self._by_labels.items()}
+        cluster = [n for n in mapping.values() if n < FIRST_LOCAL_ID]
+        local = [n for n in mapping.values() if n >= FIRST_LOCAL_ID]
+        self._next_cluster = max(cluster, default=FIRST_CLUSTER_ID - 1) + 1
+        self._next_local = max(local, default=FIRST_LOCAL_ID - 1) + 1
 
     # -- persistence ---------------------------------------------------------------------
     @property
@@ -99,61 +136,76 @@ class IdentityAllocator:
         finally:
             os.close(fd)
 
-    def _load(self) -> None:
-        with self._locked():
-            self._merge_from_disk()
+    def _corrupt(self, why: str) -> IdentityError:
+        return IdentityError(
+            f"{self._path} is corrupt ({why}); move it aside to start a fresh allocation",
+            code="identity-state-corrupt",
+        )
 
-    def _merge_from_disk(self) -> None:
+    def _read_disk(self) -> dict[Labels, int]:
         try:
             raw = self._path.read_text()
         except FileNotFoundError:
-            return
+            return {}
         except OSError as exc:
             raise IdentityError(f"cannot read {self._path}: {exc}") from exc
         try:
-            doc = json.loads(raw)
-            if doc.get("version") != _FORMAT_VERSION:
-                raise ValueError(f"unknown format version {doc.get('version')!r}")
-            entries = doc["identities"]
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise IdentityError(
-                f"{self._path} is corrupt ({exc}); move it aside to start a fresh allocation",
-                code="identity-state-corrupt",
-            ) from exc
-        for text, num in entries.items():
-            labels = Labels.from_strings(text.split(",") if text else [])
-            known = self._by_id.get(num)
-            if known is not None and known != labels:
-                # A number we handed out in memory was taken on disk by another process:
-                # the disk wins, and our label set is renumbered on save.
-                del self._by_labels[known]
-                self._dirty = True
-            self._put(labels, num)
-            if num >= FIRST_LOCAL_ID:
-                self._next_local = max(self._next_local, num + 1)
-            elif num >= FIRST_CLUSTER_ID:
-                self._next_cluster = max(self._next_cluster, num + 1)
-
-    def save(self) -> None:
-        """Write the mapping to the state directory (no-op in memory or when unchanged)."""
-        if self._state_dir is None or not self._dirty:
-            return
-        with self._locked():
-            mine = dict(self._by_labels)
-            self._merge_from_disk()
-            for labels in mine:
-                if labels not in self._by_labels:
-                    self.allocate(labels)
-            doc = {
-                "version": _FORMAT_VERSION,
-                "identities": {
-                    str(lab): num for num, lab in sorted(self._by_id.items()) if num > 255
-                },
-            }
-            tmp = self._path.with_suffix(".tmp")
+            doc: Any = json.loads(raw)
+        except ValueError as exc:
+            raise self._corrupt(f"not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("version") != _FORMAT_VERSION:
+            version = doc.get("version") if isinstance(doc, dict) else None
+            raise self._corrupt(f"unknown format version {version!r}")
+        entries = doc.get("identities")
+        if not isinstance(entries, list):
+            raise self._corrupt("'identities' is not a list")
+        out: dict[Labels, int] = {}
+        seen: set[int] = set()
+        for i, entry in enumerate(entries):
             try:
-                tmp.write_text(json.dumps(doc, indent=0, sort_keys=False))
-                os.replace(tmp, self._path)
-            except OSError as exc:
-                raise IdentityError(f"cannot write {self._path}: {exc}") from exc
-            self._dirty = False
+                num = entry["id"]
+                triples = entry["labels"]
+                if isinstance(num, bool) or not isinstance(num, int):
+                    raise ValueError(f"id {num!r} is not a number")
+                if not FIRST_CLUSTER_ID <= num <= _MAX_ID:
+                    raise ValueError(f"id {num} is outside 256..{_MAX_ID} (1-255 are reserved)")
+                if num in seen:
+                    raise ValueError(f"id {num} appears twice")
+                labels = Labels(Label(*self._triple(t)) for t in triples)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self._corrupt(f"entry {i}: {exc}") from exc
+            if labels in out:
+                raise self._corrupt(f"entry {i}: labels {labels} appear twice")
+            if (num >= FIRST_LOCAL_ID) != _is_local(labels):
+                raise self._corrupt(f"entry {i}: id {num} is in the wrong scope for {labels}")
+            seen.add(num)
+            out[labels] = num
+        return out
+
+    @staticmethod
+    def _triple(t: object) -> tuple[str, str, str]:
+        if (
+            not isinstance(t, list)
+            or len(t) != 3
+            or not all(isinstance(x, str) for x in t)
+            or not t[0]
+            or not t[1]
+        ):
+            raise ValueError(f"label {t!r} is not [source, key, value]")
+        return t[0], t[1], t[2]
+
+    def _write(self) -> None:
+        doc = {
+            "version": _FORMAT_VERSION,
+            "identities": [
+                {"id": num, "labels": [[lab.source, lab.key, lab.value] for lab in labels]}
+                for num, labels in sorted(self._by_id.items())
+                if num >= FIRST_CLUSTER_ID
+            ],
+        }
+        tmp = self._path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            raise IdentityError(f"cannot write {self._path}: {exc}") from exc

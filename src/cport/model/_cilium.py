@@ -154,8 +154,10 @@ def _peer_rule(item: Cursor, prefix: str, namespace: str, *, deny: bool, ingress
     # (pkg/policy/api/rule_validation.go); an empty list does not count.
     kinds = [k for k in sorted(l3_keys) if isinstance(item.value.get(k), list) and item.value[k]]
     if len(kinds) > 1:
-        item.fail(f"combining {' and '.join(kinds)} in one rule is not allowed (Cilium rejects it)",
-                  hint="write one rule per kind of peer")
+        item.fail(
+            f"combining {' and '.join(kinds)} in one rule is not allowed (Cilium rejects it)",
+            hint="write one rule per kind of peer",
+        )
     present, peers = _l3(item, prefix, namespace)
     ports = _to_ports(item.get("toPorts"), deny=deny)
     if not present:
@@ -175,7 +177,7 @@ def _nonempty(cur: Cursor, key: str) -> bool:
 
 
 def _rule(cur: Cursor, namespace: str) -> Rule:
-    cur.mapping(_RULE, _RULE_UNSUPPORTED, allow_null=False)
+    cur.mapping(_RULE, _RULE_UNSUPPORTED, allow_null=False, droppable=False)
     sel_cur = cur.require("endpointSelector", "endpointSelector: {} selects every endpoint")
     subject = parse_label_selector(sel_cur, "any")
     if namespace:

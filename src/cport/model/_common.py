@@ -109,7 +109,9 @@ def parse_port(
         name, value = value, 0
     elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         assert port_cur is not None
-        port_cur.fail(f"invalid port {value!r}", hint="a number from 1 to 65535")
+        port_cur.fail(
+            f"invalid port {value!r}", hint="a number from 1 to 65535, or 0 for every port"
+        )
     end = value
     end_cur = cur.get(end_key) if end_key else None
     if end_cur is not None and end_cur.value not in (None, 0):

@@ -40,11 +40,13 @@ class Cursor:
     def fail(self, message: str, *, hint: str = "", code: str | None = None) -> NoReturn:
         raise self.error_cls(message, self.location, hint=hint, code=code)
 
-    def unsupported(self, what: str) -> NoReturn:
+    def unsupported(self, what: str, *, droppable: bool = True) -> NoReturn:
         raise UnsupportedFieldError(
             f"{what} is not supported by cport (L3/L4 only)",
             self.location,
-            hint="remove the field, or pass --skip-unsupported to drop the allow rule holding it",
+            hint="remove the field, or pass --skip-unsupported to drop the allow rule holding it"
+            if droppable
+            else "remove the field: cport cannot enforce it and will not guess",
         )
 
     # -- navigation ----------------------------------------------------------------------
@@ -74,6 +76,7 @@ class Cursor:
         unsupported: Mapping[str, str] | None = None,
         *,
         allow_null: bool = True,
+        droppable: bool = True,
     ) -> Cursor:
         """Check this is a mapping with only `known` keys; `unsupported` keys name a feature
         cport understands but does not enforce. Returns self for chaining."""
@@ -86,7 +89,7 @@ class Cursor:
                 continue
             sub = Cursor(self.doc, (*self.path, key), self.value[key], self.error_cls)
             if unsupported and key in unsupported:
-                sub.unsupported(unsupported[key])
+                sub.unsupported(unsupported[key], droppable=droppable)
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
             sub.fail(
                 f"unknown field {key!r}",
@@ -131,6 +134,8 @@ class Cursor:
         return [item.string() for item in self.items()]
 
     def string_map(self) -> dict[str, str]:
+        if self.value is not None and not isinstance(self.value, dict):
+            self.fail(f"expected a mapping of strings, got {_kind(self.value)}")
         self.mapping(set(self.value or {}))
         return {k: c.scalar_string() for k, c in self.entries()}
 

@@ -302,7 +302,7 @@ def parse_pod(doc: Cursor) -> Workload:
         location=doc.location,
         kind="Pod",
         owner=owner,
-        host_network=bool(hn.value) if hn else False,
+        host_network=hn.boolean() if hn is not None and hn.value is not None else False,
     )
 
 

@@ -153,8 +153,8 @@ def load(
     token = _SKIPPED.set(dropped if skip_unsupported else None)
     try:
         try:
-            docs = load_documents(paths)
-        except InputError as exc:
+            docs = load_documents(paths, collector.errors)
+        except InputError as exc:  # a path that does not exist
             raise InputErrors([exc]) from exc
         for doc in docs:
             collector.add_document(doc)

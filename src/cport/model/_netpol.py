@@ -69,11 +69,17 @@ def parse_network_policy(doc: Cursor) -> Policy:
         ),
         namespace,
     )
+    # Kubernetes defaulting (pkg/apis/networking/v1/defaults.go): no (or an empty) policyTypes
+    # means Ingress, plus Egress when there are egress rules.
     types_cur = spec.get("policyTypes")
+    types = set()
     if types_cur is not None:
         types = {t.choice(("Ingress", "Egress")) for t in types_cur.sequence().items()}
-    else:
-        types = {"Ingress"} | ({"Egress"} if "egress" in spec.value else set())
+    if not types:
+        egress_rules = spec.value.get("egress")
+        types = {"Ingress"} | (
+            {"Egress"} if isinstance(egress_rules, list) and egress_rules else set()
+        )
     ingress = _rules(spec.get("ingress"), "from", namespace) if "Ingress" in types else ()
     egress = _rules(spec.get("egress"), "to", namespace) if "Egress" in types else ()
     rule = Rule(

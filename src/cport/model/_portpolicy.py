@@ -59,6 +59,8 @@ def _values_req(source: str, key: str, values: list[str]) -> Requirement:
 
 
 def _claims(cur: Cursor, source: str) -> list[Requirement]:
+    if not isinstance(cur.value, dict):
+        cur.fail("expected a mapping of claim name to value(s)", hint="claims: {groups: [dba]}")
     reqs = []
     for claim, vals in cur.mapping(set(cur.value or {})).entries():
         values = (
@@ -158,6 +160,11 @@ def _peer(cur: Cursor, namespace: str) -> list[Selector] | None:
         body.mapping({"actor", "onBehalfOf"})
         reqs = [Requirement("agent", "actor", Op.EXISTS)]
         actor = body.require("actor").mapping({"issuer", "subject", "claims"})
+        if not actor.value:
+            actor.fail(
+                "actor needs an issuer, a subject or claims",
+                hint="an unconstrained actor would admit every AI agent",
+            )
         if (c := actor.get("issuer")) is not None:
             reqs.append(eq("agent", "iss", c.string()))
         if (c := actor.get("subject")) is not None:

@@ -26,6 +26,7 @@ except AttributeError:  # pragma: no cover - PyYAML without libyaml
 PathT = tuple[str | int, ...]
 MAX_FILE_BYTES = 32 * 1024 * 1024
 MAX_NODES = 2_000_000
+MAX_DEPTH = 100
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -57,19 +58,42 @@ class Document:
         return Location(self.file, line, col, fmt_path(path))
 
 
+def _expanded_size(root: yaml.Node, file: str) -> int:
+    """How many values the node graph expands to, counting each alias use, in time linear in
+    the number of distinct nodes (so an alias bomb is measured, not expanded)."""
+    sizes: dict[int, int] = {}
+    # Iterative post-order walk: deep nesting must not exhaust the Python stack.
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if depth > MAX_DEPTH:
+            mark = node.start_mark
+            raise InputError(
+                f"document nests deeper than {MAX_DEPTH} levels",
+                Location(file, mark.line + 1, mark.column + 1),
+                code="document-too-large",
+            )
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if done or not children:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            continue
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 class _Builder:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
-        self.count = 0
 
     def build(self, node: yaml.Node, path: PathT) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise InputError(
-                f"document expands to more than {MAX_NODES} values (alias bomb?)",
-                self.doc.location(path),
-                code="document-too-large",
-            )
         self.doc.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
@@ -126,6 +150,15 @@ def parse_documents(text: str, file: str) -> list[Document]:
             if node is None:
                 continue
             doc = Document(file, index, None)
+            size = _expanded_size(node, file)
+            if size > MAX_NODES:
+                mark = node.start_mark
+                raise InputError(
+                    f"document expands to {size} values, over the limit of {MAX_NODES} "
+                    "(an alias bomb?)",
+                    Location(file, mark.line + 1, mark.column + 1),
+                    code="document-too-large",
+                )
             doc.value = _Builder(doc).build(node, ())
             if doc.value is not None:
                 docs.append(doc)
@@ -137,13 +170,32 @@ def parse_documents(text: str, file: str) -> list[Document]:
             Location(file, line, col),
             code="invalid-yaml",
         ) from exc
+    except yaml.reader.ReaderError as exc:
+        # Reader errors (bad characters) carry only a character offset.
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise InputError(
+            f"invalid YAML: {exc.reason} (character {exc.character!r})",
+            Location(file, line, col),
+            code="invalid-yaml",
+        ) from exc
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML: {exc}", Location(file), code="invalid-yaml") from exc
     return docs
 
 
 def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Expand files and directories (recursively, ``*.yaml``/``*.yml``/``*.json``, sorted)."""
+    """Expand files and directories (recursively, ``*.yaml``/``*.yml``/``*.json``, sorted);
+    a file named twice (directly, or through overlapping directories) is read once."""
+    seen: set[Path] = set()
+    for path in _expand(paths):
+        real = path.resolve()
+        if real not in seen:
+            seen.add(real)
+            yield path
+
+
+def _expand(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -158,8 +210,11 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             )
 
 
-def load_documents(paths: Iterable[str | os.PathLike[str]]) -> list[Document]:
-    """Read every YAML document under `paths`."""
+def load_documents(
+    paths: Iterable[str | os.PathLike[str]], errors: list[InputError] | None = None
+) -> list[Document]:
+    """Read every YAML document under `paths`. With `errors`, a file that cannot be read or
+    parsed is recorded there and the other files are still read; without, it raises."""
     docs: list[Document] = []
     for path in iter_files(paths):
         try:
@@ -170,8 +225,15 @@ def load_documents(paths: Iterable[str | os.PathLike[str]]) -> list[Document]:
                     Location(str(path)),
                     code="file-too-large",
                 )
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read: {exc}", Location(str(path)), code="unreadable") from exc
-        docs.extend(parse_documents(text, str(path)))
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(
+                    f"cannot read: {exc}", Location(str(path)), code="unreadable"
+                ) from exc
+            docs.extend(parse_documents(text, str(path)))
+        except InputError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return docs

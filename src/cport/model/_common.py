@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from cport.identity._labels import NAMESPACE_KEY, SOURCES
 from cport.model._fields import Cursor
-from cport.model._inventory import PORT_NAME_RE
 from cport.model._selector import IPNet, Op, Requirement, Selector, cidr_requirement, eq
 from cport.model._types import PROTOCOLS, PortRange
 
+#: A Kubernetes port name (IANA_SVC_NAME): lowercase alphanumerics and '-', at most 15, a letter.
+PORT_NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 META_KEYS = frozenset(
     {
         "name",

@@ -11,7 +11,6 @@ namespace, so that one is always present).
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -24,28 +23,8 @@ from cport.identity._labels import (
     NAMESPACE_NAME_LABEL,
     SERVICEACCOUNT_KEY,
 )
+from cport.model._common import META_KEYS, PORT_NAME_RE
 from cport.model._fields import Cursor
-
-PORT_NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
-_META_KEYS = frozenset(
-    {
-        "name",
-        "namespace",
-        "labels",
-        "annotations",
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-        "managedFields",
-        "finalizers",
-        "ownerReferences",
-        "generateName",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "selfLink",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +152,7 @@ class Inventory:
 
 # -- parsing -----------------------------------------------------------------------------------
 def _metadata(doc: Cursor, *, namespaced: bool = True) -> tuple[str, str, dict[str, str]]:
-    meta = doc.require("metadata", "every object needs metadata.name").mapping(_META_KEYS)
+    meta = doc.require("metadata", "every object needs metadata.name").mapping(META_KEYS)
     name = meta.require("name").string()
     ns_cur = meta.get("namespace")
     namespace = ns_cur.string() if ns_cur is not None and namespaced else "default"

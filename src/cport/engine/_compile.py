@@ -14,9 +14,11 @@ what it touches:
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cport.engine._selectors import SelectorCache
@@ -27,7 +29,6 @@ from cport.engine._table import (
     PortMap,
     Table,
     exact_key,
-    range_key,
 )
 from cport.engine._types import LOCALHOST_REF, Cell, Decision, Reason, RuleRef, Verdict
 from cport.errors import EngineError
@@ -101,6 +102,23 @@ def _cell_for(refs: frozenset[RuleRef], st: _State) -> tuple[Verdict, Reason]:
     return verdict, reason
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Compiling allocates millions of long-lived objects; the cyclic collector would scan
+    them again and again (about 30% of a large compile) and find nothing to free."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _info(pol: Policy, revision: int) -> PolicyInfo:
+    return PolicyInfo(pol.key, revision, pol.mode.value, len(pol.rules))
+
+
 def segment(items: list[tuple[int, int, RuleRef]]) -> list[tuple[int, int, frozenset[RuleRef]]]:
     """Split overlapping port intervals into disjoint segments with their active entries."""
     if len(items) == 1:
@@ -160,34 +178,48 @@ class Compiler:
         self._ingress: dict[int, EndpointPolicy] = {}
         self._egress: dict[int, EndpointPolicy] = {}
         self._cells: dict[tuple[object, ...], Cell] = {}
+        self._ep_rids: dict[int, set[RuleId]] = {}
+        self._shared_by_policy: dict[
+            PolicyKey, set[tuple[Direction, tuple[RuleId, ...], object]]
+        ] = {}
+        self._infos: dict[PolicyKey, PolicyInfo] = {}
         self._identities_ready = False
 
     # -- public --------------------------------------------------------------------------
     def compile(self, policies: Iterable[Policy]) -> Table:
         """Compile `policies` from scratch (forgetting any earlier ones)."""
-        self.revision += 1
-        self.policies = {p.key: (p, self.revision) for p in policies}
-        return self._rebuild()
+        with _gc_paused():
+            self.revision += 1
+            self.policies = {p.key: (p, self.revision) for p in policies}
+            self._infos = {k: _info(p, rev) for k, (p, rev) in self.policies.items()}
+            return self._rebuild()
 
     def _rebuild(self) -> Table:
         """Resolve everything again for the current policies, keeping their revisions."""
         self._shared.clear()
+        self._shared_by_policy.clear()
         self._subjects.clear()
+        self._ep_rids.clear()
         for d in self._ep_rules.values():
             d.clear()
         self._ingress, self._egress = {}, {}
         self._setup_identities()
         for key, (pol, _) in self.policies.items():
             for i, rule in enumerate(pol.rules):
-                self._subjects[(key, i)] = self._select_subject(rule)
+                self._set_subject((key, i), self._select_subject(rule))
         self._reselect(set(self._endpoints))
         return self._snapshot()
 
     def update(self, *, upsert: Iterable[Policy] = (), remove: Iterable[PolicyKey] = ()) -> Table:
         """Apply policy changes and return the next table revision. Only endpoints whose rule
-        sets change are re-distilled; other endpoint policies are reused as they are."""
+        sets change are re-distilled; other endpoint policies are reused as they are, and the
+        work done is proportional to what the change touches."""
         if not self._identities_ready:
             raise EngineError("update() before compile()")
+        with _gc_paused():
+            return self._update(list(upsert), list(remove))
+
+    def _update(self, upsert: list[Policy], remove: list[PolicyKey]) -> Table:
         self.revision += 1
         touched: set[int] = set()
         changed: set[PolicyKey] = set()
@@ -200,6 +232,7 @@ class Compiler:
             changed.add(pol.key)
             touched |= self._drop_policy(pol.key)
             self.policies[pol.key] = (pol, self.revision)
+            self._infos[pol.key] = _info(pol, self.revision)
             if self._policy_cidrs(pol) - self._cidrs:
                 new_cidrs = True
         if new_cidrs:
@@ -208,12 +241,13 @@ class Compiler:
         for key in changed:
             if key in self.policies:
                 for i, rule in enumerate(self.policies[key][0].rules):
-                    sel = self._subjects[(key, i)] = self._select_subject(rule)
+                    sel = self._select_subject(rule)
+                    self._set_subject((key, i), sel)
                     touched |= sel
         # Endpoint policies built from a changed policy are stale: forget them.
-        stale = [k for k in self._shared if any(rid[0] in changed for rid in k[1])]
-        for k in stale:
-            del self._shared[k]
+        for key in changed:
+            for skey in self._shared_by_policy.pop(key, set()):
+                self._shared.pop(skey, None)
         self._reselect(touched)
         return self._snapshot()
 
@@ -222,11 +256,12 @@ class Compiler:
         """Allocate every identity the table needs in one batch (one lock and write when the
         allocator persists), then index them for selection."""
         alloc = self.allocator
-        self._endpoints.clear()
-        self._named.clear()
-        self._all_named.clear()
-        self._addresses.clear()
-        self._workload_ids.clear()
+        # Fresh maps, not cleared ones: earlier table snapshots share the old ones read-only.
+        self._endpoints = {}
+        self._named = {}
+        self._all_named = {}
+        self._addresses = {}
+        self._workload_ids = {}
         self._cidrs = set()
         for pol, _ in self.policies.values():
             self._cidrs |= self._policy_cidrs(pol)
@@ -276,29 +311,35 @@ class Compiler:
     def _select_subject(self, rule: Rule) -> frozenset[int]:
         return self.cache.select(rule.subject) & self._endpoints.keys()
 
+    def _set_subject(self, rid: RuleId, eps: frozenset[int]) -> None:
+        self._subjects[rid] = eps
+        for ep in eps:
+            self._ep_rids.setdefault(ep, set()).add(rid)
+
     def _drop_policy(self, key: PolicyKey) -> set[int]:
         touched: set[int] = set()
         old = self.policies.pop(key, None)
+        self._infos.pop(key, None)
         if old is not None:
             for i in range(len(old[0].rules)):
-                touched |= self._subjects.pop((key, i), frozenset())
+                eps = self._subjects.pop((key, i), frozenset())
+                for ep in eps:
+                    self._ep_rids[ep].discard((key, i))
+                touched |= eps
         return touched
 
     def _reselect(self, endpoints: set[int]) -> None:
         """Recompute the rule signature and endpoint policy of each endpoint in `endpoints`."""
-        by_ep: dict[int, dict[Direction, list[RuleId]]] = {
-            ep: {Direction.INGRESS: [], Direction.EGRESS: []} for ep in endpoints
-        }
-        for rid, eps in self._subjects.items():
-            hit = eps & endpoints if len(eps) > len(endpoints) else endpoints & eps
-            if not hit:
-                continue
-            rule = self.policies[rid[0]][0].rules[rid[1]]
-            for ep in hit:
+        by_ep: dict[int, dict[Direction, list[RuleId]]] = {}
+        for ep in endpoints:
+            dirs: dict[Direction, list[RuleId]] = {Direction.INGRESS: [], Direction.EGRESS: []}
+            by_ep[ep] = dirs
+            for rid in self._ep_rids.get(ep, ()):
+                rule = self.policies[rid[0]][0].rules[rid[1]]
                 if rule.selects_ingress:
-                    by_ep[ep][Direction.INGRESS].append(rid)
+                    dirs[Direction.INGRESS].append(rid)
                 if rule.selects_egress:
-                    by_ep[ep][Direction.EGRESS].append(rid)
+                    dirs[Direction.EGRESS].append(rid)
         for ep, dirs in by_ep.items():
             for direction, rids in dirs.items():
                 target = self._ingress if direction is Direction.INGRESS else self._egress
@@ -316,6 +357,8 @@ class Compiler:
                 epp = self._shared.get(skey)
                 if epp is None:
                     epp = self._shared[skey] = self._distill(direction, sig, ep)
+                    for rid in sig:
+                        self._shared_by_policy.setdefault(rid[0], set()).add(skey)
                 target[ep] = epp
 
     def _uses_named_ports(self, sig: tuple[RuleId, ...], direction: Direction) -> bool:
@@ -429,9 +472,12 @@ class Compiler:
     def _fill(
         self, epp: EndpointPolicy, entries: list[Entry], st: _State, direction: Direction
     ) -> None:
+        """Write the rows. Peers matched by the same entries get the same segments, so peers
+        are grouped by the tuple of entry indices that select them and each group is
+        segmented once per protocol; then rows are written per peer."""
         wild: dict[int, list[tuple[int, int, RuleRef]]] = {}
-        per_peer: dict[int, dict[int, list[tuple[int, int, RuleRef]]]] = {}
-        for e in entries:
+        by_peer: dict[int, list[int]] = {}
+        for i, e in enumerate(entries):
             if not e.ports:
                 continue
             if e.peers is None:
@@ -439,39 +485,48 @@ class Compiler:
                     wild.setdefault(proto, []).append((lo, hi, e.ref))
                 continue
             for peer in e.peers:
-                slot = per_peer.get(peer)
-                if slot is None:
-                    slot = per_peer[peer] = {}
-                for proto, lo, hi in e.ports:
-                    slot.setdefault(proto, []).append((lo, hi, e.ref))
-        memo: dict[tuple[object, ...], tuple[list[tuple[int, int, Cell]], PortMap | None]] = {}
+                hit = by_peer.get(peer)
+                if hit is None:
+                    by_peer[peer] = [i]
+                else:
+                    hit.append(i)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for peer, idxs in by_peer.items():
+            groups.setdefault(tuple(idxs), []).append(peer)
+        if WILDCARD_ID in by_peer:
+            raise EngineError("identity 0 must never be allocated")
         exact = epp.exact
         ranges = epp.ranges
 
-        def place(peer: int, proto: int, items: list[tuple[int, int, RuleRef]]) -> None:
-            mkey = (proto, *items)
-            hit = memo.get(mkey)
-            if hit is None:
-                segs = [
-                    (lo, hi, self._intern(refs, st, direction)) for lo, hi, refs in segment(items)
-                ]
-                multi = [s for s in segs if s[0] != s[1]]
-                hit = memo[mkey] = (segs, PortMap(segs) if multi else None)
-            segs, pmap = hit
-            base = (peer << 24) | (proto << 16)
-            for lo, hi, cell in segs:
-                if lo == hi:
-                    exact[base | lo] = cell
-            if pmap is not None:
-                ranges[range_key(peer, proto)] = pmap
+        def segments(
+            items: list[tuple[int, int, RuleRef]],
+        ) -> tuple[list[tuple[int, int, Cell]], PortMap | None]:
+            segs = [(lo, hi, self._intern(refs, st, direction)) for lo, hi, refs in segment(items)]
+            return segs, (PortMap(segs) if any(lo != hi for lo, hi, _ in segs) else None)
+
+        def place(
+            peers: list[int], proto: int, segs: list[tuple[int, int, Cell]], pmap: PortMap | None
+        ) -> None:
+            singles = [(lo, cell) for lo, hi, cell in segs if lo == hi]
+            proto_bits = proto << 16
+            for peer in peers:
+                base = (peer << 24) | proto_bits
+                for port, cell in singles:
+                    exact[base | port] = cell
+                if pmap is not None:
+                    ranges[(peer << 8) | proto] = pmap
 
         for proto, items in wild.items():
-            place(WILDCARD_ID, proto, items)
-        for peer, protos in per_peer.items():
-            if peer == WILDCARD_ID:
-                raise EngineError("identity 0 must never be allocated")
-            for proto, items in protos.items():
-                place(peer, proto, items + wild.get(proto, []))
+            place([WILDCARD_ID], proto, *segments(items))
+        epp.has_wildcard = bool(wild)
+        for group, peers in groups.items():
+            per_proto: dict[int, list[tuple[int, int, RuleRef]]] = {}
+            for i in group:
+                e = entries[i]
+                for proto, lo, hi in e.ports:
+                    per_proto.setdefault(proto, []).append((lo, hi, e.ref))
+            for proto, items in per_proto.items():
+                place(peers, proto, *segments(items + wild.get(proto, [])))
 
     # -- snapshot ------------------------------------------------------------------------
     def _snapshot(self) -> Table:
@@ -479,15 +534,13 @@ class Compiler:
             revision=self.revision,
             ingress=dict(self._ingress),
             egress=dict(self._egress),
-            identities=dict(self.cache.labels),
-            endpoints={k: list(v) for k, v in self._endpoints.items()},
-            policies={
-                k: PolicyInfo(k, rev, p.mode.value, len(p.rules))
-                for k, (p, rev) in self.policies.items()
-            },
+            # Shared read-only with the compiler: replaced, never mutated, on a rebuild.
+            identities=self.cache.labels,
+            endpoints=self._endpoints,
+            policies=dict(self._infos),
             ipcache=self._ipcache,
-            addresses=dict(self._addresses),
-            workload_ids=dict(self._workload_ids),
+            addresses=self._addresses,
+            workload_ids=self._workload_ids,
         )
 
 

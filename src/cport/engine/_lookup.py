@@ -7,6 +7,7 @@ compiler merges wildcard rows into each peer's own rows, the first hit is comple
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from cport.engine._table import EndpointPolicy, Table
@@ -29,23 +30,28 @@ class Hit:
 
 def lookup(epp: EndpointPolicy, peer: int, proto: int, port: int) -> Cell:
     """The cell for `peer` reaching (or reached by) an endpoint on proto/port."""
-    exact = epp.exact
-    cell = exact.get((peer << 24) | (proto << 16) | port)
+    cell = epp.exact.get((peer << 24) | (proto << 16) | port)
     if cell is not None:
         return cell
+    return lookup_rest(epp, peer, proto, port)
+
+
+def lookup_rest(epp: EndpointPolicy, peer: int, proto: int, port: int) -> Cell:
+    """:func:`lookup` after its first probe (the peer's exact row) missed."""
     pm = epp.ranges.get((peer << 8) | proto)
     if pm is not None:
-        i = pm.find(port)
-        if i >= 0:
+        i = bisect_right(pm.starts, port) - 1
+        if i >= 0 and port <= pm.ends[i]:
             return pm.cells[i]
-    cell = exact.get((proto << 16) | port)
-    if cell is not None:
-        return cell
-    pm = epp.ranges.get(proto)
-    if pm is not None:
-        i = pm.find(port)
-        if i >= 0:
-            return pm.cells[i]
+    if epp.has_wildcard:
+        cell = epp.exact.get((proto << 16) | port)
+        if cell is not None:
+            return cell
+        pm = epp.ranges.get(proto)
+        if pm is not None:
+            i = bisect_right(pm.starts, port) - 1
+            if i >= 0 and port <= pm.ends[i]:
+                return pm.cells[i]
     return epp.default
 
 
@@ -85,14 +91,14 @@ def decide(table: Table, flow: Flow) -> Decision:
     low = (flow.proto << 16) | flow.port
     epp = table.ingress.get(dst)
     if epp is not None:
-        ing = epp.exact.get((src << 24) | low) or lookup(epp, src, flow.proto, flow.port)
+        ing = epp.exact.get((src << 24) | low) or lookup_rest(epp, src, flow.proto, flow.port)
         epp = table.egress.get(src)
         if epp is None:
             return ing.decision
-        eg = epp.exact.get((dst << 24) | low) or lookup(epp, dst, flow.proto, flow.port)
+        eg = epp.exact.get((dst << 24) | low) or lookup_rest(epp, dst, flow.proto, flow.port)
         return eg.pairs.get(ing) or combine(eg, ing)
     epp = table.egress.get(src)
     if epp is None:
         return _NOT_SELECTED
-    eg = epp.exact.get((dst << 24) | low) or lookup(epp, dst, flow.proto, flow.port)
+    eg = epp.exact.get((dst << 24) | low) or lookup_rest(epp, dst, flow.proto, flow.port)
     return eg.decision

@@ -68,9 +68,8 @@ class SelectorCache:
         op = req.op
         out: set[int] = set()
         if op is Op.CIDR:
-            candidates = self._cidr_ids | {
-                n for n in self._all if self.labels[n].has("reserved", "world")
-            }
+            world = self._index.get(("reserved", "world"), {}).get("", set())
+            candidates = self._cidr_ids | world
             out = {n for n in candidates if cidr_match(req.values, self.labels[n])}
         elif op in (Op.IN, Op.NOT_IN):
             for sk in self._keys(req):

@@ -75,6 +75,7 @@ class EndpointPolicy:
     exact: dict[int, Cell] = field(default_factory=dict)
     ranges: dict[int, PortMap] = field(default_factory=dict)
     entries: tuple[Entry, ...] = ()
+    has_wildcard: bool = False  # rows for peer 0 exist (lookup may skip those probes if not)
 
     @property
     def rows(self) -> int:

@@ -478,10 +478,10 @@ def test_access_from_outside_cluster() -> None:
 def test_allow_to_external_cidr_block() -> None:
     """Cilium docs, Documentation/security/policy/language.rst (layer3.rst), "Allow to external
     CIDR block": app=myService may reach one external address and a prefix minus an excepted
-    sub-prefix. Translated to documentation ranges: the doc's toCIDR 20.1.1.1/32 becomes
-    203.0.113.1/32, and its toCIDRSet 10.0.0.0/8 except 10.96.0.0/12 becomes 198.51.100.0/24
-    except 198.51.100.128/25 (so the doc's allowed 10.1.2.3 maps to 198.51.100.7, its denied
-    10.96.0.10 to 198.51.100.200, and 20.1.1.2 to 203.0.113.2)."""
+    sub-prefix. Translated to documentation ranges: the doc's single external /32 becomes
+    203.0.113.1/32, and its private /8 with an excepted /12 becomes 198.51.100.0/24 except
+    198.51.100.128/25; the doc's allowed, excepted and unlisted addresses map to
+    198.51.100.7, 198.51.100.200 and 203.0.113.2."""
     c = cluster(
         """
         apiVersion: cilium.io/v2

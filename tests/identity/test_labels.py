@@ -14,7 +14,7 @@ from cport.identity._labels import SOURCES
     [
         ("k8s:app=web", "k8s", "app", "web"),
         ("reserved:host", "reserved", "host", ""),
-        ("cidr:prefix=10.0.0.0/8", "cidr", "prefix", "10.0.0.0/8"),
+        ("cidr:prefix=203.0.113.0/24", "cidr", "prefix", "203.0.113.0/24"),
         ("oidc:groups=dba", "oidc", "groups", "dba"),
         ("aws:arn=arn:aws:iam::1:role/x", "aws", "arn", "arn:aws:iam::1:role/x"),
         ("spiffe:id=spiffe://corp/ns/a", "spiffe", "id", "spiffe://corp/ns/a"),
@@ -86,7 +86,7 @@ def test_labels_parse_default_source_is_k8s() -> None:
 
 
 def test_from_strings_round_trips() -> None:
-    labels = Labels.parse("k8s:a:b=c,oidc:groups=,reserved:world,cidr:prefix=10.0.0.0/8,x=y=z")
+    labels = Labels.parse("k8s:a:b=c,oidc:groups=,reserved:world,cidr:prefix=203.0.113.0/24,x=y=z")
     assert Labels.from_strings(labels.strings()) == labels
     assert Labels.from_strings(str(labels).split(",")) == labels
 

@@ -39,7 +39,7 @@ spec:
       toPorts:
         - ports: [{port: "5432", protocol: TCP}, {port: "6000", endPort: 6010}]
     - fromCIDRSet:
-        - {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+        - {cidr: 198.51.100.0/24, except: [198.51.100.0/26]}
       toPorts:
         - ports: [{port: "53", protocol: UDP}]
     - fromEntities: [world, cluster]
@@ -102,7 +102,7 @@ def test_cnp_ports_default_to_any_protocol() -> None:
     rule = _rule(SPEC)
     assert rule.ingress[0].ports == (PortRange("TCP", 5432, 5432), PortRange("ANY", 6000, 6010))
     assert rule.ingress[1].ports == (PortRange("UDP", 53, 53),)
-    assert _peer_strs(rule, "ingress", 1) == ["cidr:10.0.0.0/8 except 10.1.0.0/16"]
+    assert _peer_strs(rule, "ingress", 1) == ["cidr:198.51.100.0/24 except 198.51.100.0/26"]
 
 
 def test_cnp_entities_cluster_and_world() -> None:

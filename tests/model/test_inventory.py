@@ -76,9 +76,9 @@ items:
           resources: {limits: {cpu: "1"}}
     status:
       phase: Running
-      hostIP: 192.168.1.10
-      podIP: 10.0.0.5
-      podIPs: [{ip: 10.0.0.5}, {ip: "fd00::5"}]
+      hostIP: 198.51.100.77
+      podIP: 198.51.100.5
+      podIPs: [{ip: 198.51.100.5}, {ip: "fd00::5"}]
   - apiVersion: v1
     kind: Pod
     metadata:
@@ -89,21 +89,21 @@ items:
     spec:
       containers: [{name: db, image: postgres}]
     status:
-      podIPs: [{ip: 10.0.0.6}]
+      podIPs: [{ip: 198.51.100.6}]
   - apiVersion: v1
     kind: Pod
     metadata: {name: node-exporter-a, namespace: monitoring, labels: {app: node-exporter}}
     spec:
       hostNetwork: true
       containers: [{name: c, ports: [{containerPort: 9100}]}]
-    status: {podIP: 192.168.1.10}
+    status: {podIP: 198.51.100.77}
   - apiVersion: v1
     kind: Pod
     metadata: {name: node-exporter-b, namespace: monitoring, labels: {app: node-exporter}}
     spec:
       hostNetwork: true
       containers: [{name: c, ports: [{containerPort: 9100}]}]
-    status: {podIP: 192.168.1.10}
+    status: {podIP: 198.51.100.77}
 """
 
 
@@ -215,7 +215,7 @@ def test_pod_list_as_kubectl_prints_it() -> None:
     api = inv.find("shop", "api-6f7c9d8b5-x2k4p")
     assert api.kind == "Pod"
     assert api.service_account == "api-sa"
-    assert api.addresses == ("10.0.0.5", "fd00::5")
+    assert api.addresses == ("198.51.100.5", "fd00::5")
     assert api.ports == (
         ContainerPort(9000, "TCP", "init-port"),
         ContainerPort(8080, "TCP", "http"),
@@ -227,7 +227,7 @@ def test_pod_list_as_kubectl_prints_it() -> None:
     assert api.location.path == "items[0]"
     assert api.location.line == pos(POD_LIST, "- apiVersion: v1")[0]
     db = inv.find("shop", "db-0")
-    assert (db.owner, db.service_account, db.addresses) == ("db", "default", ("10.0.0.6",))
+    assert (db.owner, db.service_account, db.addresses) == ("db", "default", ("198.51.100.6",))
 
 
 def test_pod_identity_labels_drop_cilium_labels() -> None:
@@ -246,7 +246,7 @@ def test_host_network_pods_get_the_host_identity_and_may_share_an_address() -> N
     assert a.host_network and b.host_network
     assert inv.identity_labels(a) == reserved_labels("host")
     assert inv.identity_labels(b) == Labels.parse("reserved:host")
-    assert a.addresses == b.addresses == ("192.168.1.10",)
+    assert a.addresses == b.addresses == ("198.51.100.77",)
 
 
 def test_pod_without_namespace_is_in_default() -> None:
@@ -339,7 +339,7 @@ def test_duplicate_address_including_other_spellings() -> None:
 def test_invalid_workload_fields() -> None:
     text = (
         "apiVersion: cport.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\n"
-        "spec:\n  adresses: [10.0.0.1]\n"
+        "spec:\n  adresses: [198.51.100.1]\n"
     )
     err = one_error(text)
     assert err.code == "unknown-field"
@@ -408,7 +408,7 @@ def test_directories_are_loaded_recursively(tmp_path: Path) -> None:
         "kind": "Pod",
         "metadata": {"name": "j", "namespace": "payments", "labels": {"app": "json"}},
         "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "web"}]}]},
-        "status": {"podIP": "10.9.9.9"},
+        "status": {"podIP": "198.51.100.99"},
     }
     (tmp_path / "a" / "b" / "pod.json").write_text(json.dumps(pod, indent=2))
     (tmp_path / "a" / "b" / "notes.txt").write_text("this: is not loaded: at all: [")

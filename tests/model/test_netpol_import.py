@@ -90,7 +90,7 @@ spec:
         - namespaceSelector: {}
         - namespaceSelector:
             matchExpressions: [{key: env, operator: NotIn, values: [dev]}]
-        - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16, 10.2.0.0/16]}
+        - ipBlock: {cidr: 198.51.100.0/24, except: [198.51.100.0/26, 198.51.100.64/26]}
       ports:
         - port: 5432
         - {port: 53, protocol: UDP}
@@ -111,7 +111,7 @@ def test_peer_selectors() -> None:
         f"k8s:app=prom, k8s:io.cilium.k8s.namespace.labels.team=sre, {NS}",
         NS,
         f"k8s:io.cilium.k8s.namespace.labels.env notin (dev), {NS}",
-        "cidr:10.0.0.0/8 except 10.1.0.0/16,10.2.0.0/16",
+        "cidr:198.51.100.0/24 except 198.51.100.0/26,198.51.100.64/26",
     ]
 
 
@@ -152,7 +152,7 @@ def test_empty_from_and_empty_rule_mean_every_peer() -> None:
 def test_ip_block_cannot_be_combined() -> None:
     text = NP + (
         "spec:\n  podSelector: {}\n  ingress:\n"
-        "    - from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]\n"
+        "    - from: [{ipBlock: {cidr: 198.51.100.0/24}, podSelector: {}}]\n"
     )
     err = one_error(text)
     assert err.location.path == "spec.ingress[0].from[0]"
@@ -162,7 +162,7 @@ def test_ip_block_cannot_be_combined() -> None:
 def test_ip_block_except_must_be_inside() -> None:
     text = NP + (
         "spec:\n  podSelector: {}\n  egress:\n"
-        "    - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]\n"
+        "    - to: [{ipBlock: {cidr: 198.51.100.0/24, except: [203.0.113.0/24]}}]\n"
     )
     err = one_error(text)
     assert err.location.path == "spec.egress[0].to[0].ipBlock.except[0]"

@@ -69,7 +69,7 @@ spec:
       ports: [{port: 53, protocol: UDP}]
   egressDeny:
     - to:
-        - cidr: [10.0.0.0/8]
+        - cidr: [198.51.100.0/24]
 """
 
 HEAD = """\
@@ -195,7 +195,7 @@ def test_full_policy_cidr_peers(full_rule: Rule) -> None:
         "cidr:198.51.100.0/24 except 198.51.100.128/25",
     ]
     assert full_rule.ingress_deny[0].ports == (PortRange("TCP", 22, 22),)
-    assert _strs(full_rule.egress_deny[0]) == ["cidr:10.0.0.0/8"]
+    assert _strs(full_rule.egress_deny[0]) == ["cidr:198.51.100.0/24"]
 
 
 def test_users_selector_matches_people_but_never_agents(full_rule: Rule) -> None:
@@ -392,7 +392,7 @@ ERROR_CASES = [
     ),
     (
         "peer-with-two-kinds",
-        "  ingress:\n    - from:\n        - {cidr: [10.0.0.0/8], entities: [world]}\n",
+        "  ingress:\n    - from:\n        - {cidr: [198.51.100.0/24], entities: [world]}\n",
         "invalid-policy",
         "spec.ingress[0].from[0]",
         "{cidr:",
@@ -419,31 +419,31 @@ ERROR_CASES = [
     ),
     (
         "bad-cidr",
-        "  ingress:\n    - from:\n        - cidr: [10.0.0.300/8]\n",
+        "  ingress:\n    - from:\n        - cidr: [198.51.100.300/24]\n",
         "invalid-policy",
         "spec.ingress[0].from[0].cidr[0]",
-        "10.0.0.300/8",
-        "invalid CIDR '10.0.0.300/8'",
+        "198.51.100.300/24",
+        "invalid CIDR '198.51.100.300/24'",
         "203.0.113.0/24",
     ),
     (
         "except-outside-cidr",
-        "  ingress:\n    - from:\n        - cidrSet:\n            - cidr: 10.0.0.0/8\n"
-        "              except: [10.1.0.0/16, 11.0.0.0/16]\n",
+        "  ingress:\n    - from:\n        - cidrSet:\n            - cidr: 198.51.100.0/24\n"
+        "              except: [198.51.100.0/26, 203.0.113.0/26]\n",
         "invalid-policy",
         "spec.ingress[0].from[0].cidrSet[0].except[1]",
-        "11.0.0.0/16",
-        "except 11.0.0.0/16 is not inside 10.0.0.0/8",
+        "203.0.113.0/26",
+        "except 203.0.113.0/26 is not inside 198.51.100.0/24",
         "",
     ),
     (
         "except-other-family",
-        "  ingress:\n    - from:\n        - cidrSet:\n            - cidr: 10.0.0.0/8\n"
+        "  ingress:\n    - from:\n        - cidrSet:\n            - cidr: 198.51.100.0/24\n"
         "              except: ['2001:db8::/64']\n",
         "invalid-policy",
         "spec.ingress[0].from[0].cidrSet[0].except[0]",
         "'2001:db8::/64'",
-        "is not inside 10.0.0.0/8",
+        "is not inside 198.51.100.0/24",
         "",
     ),
     (

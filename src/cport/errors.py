@@ -9,6 +9,11 @@
     │   └── UnsupportedFieldError a field cport understands but does not enforce (L7, toFQDNs, …)
     ├── FlowError                 a flow endpoint (`--from`/`--to`) cannot be resolved
     ├── IdentityError             identity allocation or state-directory trouble
+    │   └── CredentialError       a presented credential was rejected; `code` says why
+    │       ├── TokenExpired      code "expired"
+    │       ├── BadSignature      code "bad-signature"
+    │       └── UnknownIssuer     code "unknown-issuer"
+    ├── ConfigError               the agent/identity configuration file is invalid (located)
     └── EngineError               internal inconsistency in compile/lookup (a bug: please report)
 
 Library code raises these; the CLI maps them to exit codes in one place (`cport.cli`).
@@ -108,6 +113,28 @@ class FlowError(CportError):
 
 class IdentityError(CportError):
     code = "identity-error"
+
+
+class CredentialError(IdentityError):
+    """A credential was presented and is not acceptable. Never carries the credential itself."""
+
+    code = "credential-rejected"
+
+
+class TokenExpired(CredentialError):
+    code = "expired"
+
+
+class BadSignature(CredentialError):
+    code = "bad-signature"
+
+
+class UnknownIssuer(CredentialError):
+    code = "unknown-issuer"
+
+
+class ConfigError(InputError):
+    code = "invalid-config"
 
 
 class EngineError(CportError):

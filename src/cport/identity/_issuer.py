@@ -1,0 +1,52 @@
+"""Issuer configuration: which token issuers are trusted, for what, and how their claims
+become labels. Plain data; `cport.config` reads it from the agent's config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ISSUER_KINDS = ("oidc", "kubernetes", "spiffe-jwt")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLabel:
+    """Map the claim at `path` (dot-separated JSON path) to labels ``oidc:<label>=<value>``;
+    a list claim gives one label per value, nested objects are reached by the path."""
+
+    path: str
+    label: str
+
+
+DEFAULT_CLAIM_LABELS = (ClaimLabel("groups", "groups"), ClaimLabel("email", "email"))
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """One trusted issuer.
+
+    `name` is what policies say (``users: {issuer: corp-okta}``) and what the ``oidc:iss``
+    label carries; `issuer` is the exact ``iss`` value in its tokens. `kind` picks the label
+    mapping: ``kubernetes`` maps service-account claims to the labels Cilium gives pods,
+    ``spiffe-jwt`` maps ``sub`` to a SPIFFE ID.
+    """
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    kind: str = "oidc"
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    clock_skew: float = 60.0
+    claim_labels: tuple[ClaimLabel, ...] = DEFAULT_CLAIM_LABELS
+    required_claims: tuple[tuple[str, tuple[str, ...]], ...] = ()  # claim path → allowed values
+    jwks_uri: str | None = None  # None: found by discovery
+    hmac_secret: bytes | None = field(default=None, repr=False)
+    max_token_bytes: int = 16 * 1024
+    refresh_interval: float = 300.0  # periodic JWKS refresh
+    min_refetch_interval: float = 30.0  # at most one refetch per interval for an unknown kid
+    max_stale: float = 3600.0  # how long last-known-good keys serve through an IdP outage
+    http_timeout: float = 5.0

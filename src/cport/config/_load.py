@@ -219,7 +219,8 @@ def parse_config(text: str, file: str, base: Path | None = None) -> Config:
                 if issuer.name in names:
                     errors.append(
                         ConfigError(
-                            f"issuer name {issuer.name!r} is used twice (first at {names[issuer.name]})",
+                            f"issuer name {issuer.name!r} is used twice "
+                            f"(first at {names[issuer.name]})",
                             item.location,
                         )
                     )

@@ -5,11 +5,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test check bench clean deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/identity/oidc/package-lock.json
 	@bash scripts/bootstrap
 	@python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[dev,bench]'
+	@bash scripts/setup-oidc
 	@touch $(STAMP)
 
 deps: $(STAMP)

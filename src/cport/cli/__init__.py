@@ -7,6 +7,7 @@ import click
 from cport import __version__
 from cport.cli._policy import policy
 from cport.cli._query import explain_cmd, ports_cmd
+from cport.cli._token import token
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,5 +19,6 @@ def main() -> None:
 main.add_command(policy)
 main.add_command(explain_cmd)
 main.add_command(ports_cmd)
+main.add_command(token)
 
 __all__ = ["main"]

@@ -19,7 +19,8 @@ from cport.cli._common import (
     load_options,
     output_option,
 )
-from cport.engine import Flow, compile_table, explain, ports_report, resolve_endpoint
+from cport.cli._token import verify_token_file
+from cport.engine import Endpoint, Flow, compile_table, explain, ports_report, resolve_endpoint
 from cport.engine._explain import DirectionReport, Explanation
 from cport.engine._report import DirectionPorts
 from cport.errors import FlowError
@@ -92,10 +93,19 @@ def print_explanation(exp: Explanation) -> None:
 @click.command(name="explain")
 @load_options
 @click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(exists=True),
+    default=None,
+    help="Agent configuration (issuers), for --from token:FILE.",
+)
+@click.option(
     "--from",
     "src",
     required=True,
-    help="Source: NAMESPACE/WORKLOAD, entity:NAME, cidr:IP or labels:k=v,…",
+    help="Source: NAMESPACE/WORKLOAD, entity:NAME, cidr:IP, labels:k=v,… or token:FILE "
+    "(a credential, verified with --config).",
 )
 @click.option("--to", "dst", required=True, help="Destination, same forms as --from.")
 @click.option("--port", "port", required=True, help="Destination port, N or N/PROTO (TCP).")
@@ -107,6 +117,7 @@ def explain_cmd(
     state_dir: Path | None,
     cluster: str,
     skip_unsupported: bool,
+    config_path: str | None,
     src: str,
     dst: str,
     port: str,
@@ -116,18 +127,35 @@ def explain_cmd(
 
     Exit status 0 when allowed (or audit), 1 when denied."""
     port_num, proto = parse_port(port)
+    credential = None
+    extra = extra_labels(src, dst)
+    if src.startswith("token:"):
+        if config_path is None:
+            raise click.UsageError("--from token:FILE needs --config (the trusted issuers)")
+        credential = verify_token_file(config_path, src[len("token:") :])
+        extra.append(credential.labels)
     bundle = load_bundle(policies, inventory, cluster, skip_unsupported)
     table = compile_table(
         bundle.policies,
         bundle.inventory,
         allocator(state_dir),
-        extra_identities=extra_labels(src, dst),
+        extra_identities=extra,
     )
-    s = resolve_endpoint(table, bundle.inventory, src)
+    if credential is not None:
+        num = next(n for n, ls in table.identities.items() if ls == credential.labels)
+        who = f"{credential.subject} ({credential.kind} from {credential.issuer}" + (
+            f", agent {credential.actor})" if credential.actor else ")"
+        )
+        s = Endpoint(num, credential.labels, who)
+    else:
+        s = resolve_endpoint(table, bundle.inventory, src)
     d = resolve_endpoint(table, bundle.inventory, dst)
     exp = explain(table, Flow(s.identity, d.identity, proto, port_num), s, d)
     if output == "json":
-        emit_json(exp.to_json())
+        out = exp.to_json()
+        if credential is not None:
+            out["from"]["credential"] = credential.to_json()  # type: ignore[index]
+        emit_json(out)
     else:
         print_explanation(exp)
     if exp.verdict == "denied":

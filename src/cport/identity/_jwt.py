@@ -18,7 +18,6 @@ Keys are imported and validated from JWKS by joserfc (see `_keys`).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hmac
 import json
@@ -36,6 +35,8 @@ from cport.errors import BadSignature, CredentialError, TokenExpired
 from cport.identity._issuer import HMAC_ALGORITHMS, IssuerConfig
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_TO_STD = bytes.maketrans(b"-_", b"+/")
+_PAD = (b"", b"", b"==", b"=")
 _HASHES = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
 _CURVES = {"ES256": ("secp256r1", 32), "ES384": ("secp384r1", 48), "ES512": ("secp521r1", 66)}
 _PKCS1 = padding.PKCS1v15()
@@ -81,7 +82,8 @@ def _b64(segment: str, what: str) -> bytes:
     if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         raise _reject("malformed", f"{what} is not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = segment.encode("ascii").translate(_TO_STD) + _PAD[len(segment) % 4]
+        return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _reject("malformed", f"{what} is not base64url") from None
 
@@ -96,9 +98,20 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's parser accepts them, and an `exp` of NaN or
+    # Infinity would never expire.
+    raise _reject("malformed", f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+_HEADERS: dict[str, dict[str, Any]] = {}
+_HEADER_CACHE_SIZE = 1024
+
+
 def _json(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        value = _DECODER.decode(raw.decode("utf-8"))
     except CredentialError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -117,7 +130,16 @@ def parse_jws(token: str, max_bytes: int = 16 * 1024) -> ParsedJWS:
         what = "an encrypted JWT (JWE)" if len(parts) == 5 else f"{len(parts)} segments"
         raise _reject("malformed", f"not a signed JWT: {what}")
     h, p, s = parts
-    header = _json(_b64(h, "header"), "header")
+    header = _HEADERS.get(h)
+    if header is None:
+        header = _json(_b64(h, "header"), "header")
+        if len(_HEADERS) < _HEADER_CACHE_SIZE:
+            # An issuer's tokens share one header: decode it once. Copies are handed out,
+            # so no caller can alter the cached one.
+            _HEADERS[h] = header
+        header = dict(header)
+    else:
+        header = dict(header)
     claims = _json(_b64(p, "payload"), "payload")
     signature = _b64(s, "signature")
     if not signature:
@@ -186,12 +208,17 @@ def _verify_signature(alg: str, key: PublicKey, data: bytes, sig: bytes) -> bool
     return True
 
 
+_MAX_TIME = 2.0**53  # far beyond any real time, and exact as a float
+
+
 def _num(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _reject("malformed", f"claim {name!r} is not a number")
+    if not -_MAX_TIME <= value <= _MAX_TIME:  # also false for NaN, so NaN is refused too
+        raise _reject("malformed", f"claim {name!r} is not a usable time")
     return float(value)
 
 

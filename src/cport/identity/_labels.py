@@ -10,7 +10,7 @@ Selectors may use the source ``any`` (or leave it out) to match a key from any s
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cport.errors import CportError
 
@@ -27,9 +27,11 @@ NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Label:
-    """One ``source:key=value`` label. An empty value prints as ``source:key``."""
+class Label(NamedTuple):
+    """One ``source:key=value`` label. An empty value prints as ``source:key``.
+
+    A named tuple, not a dataclass: label sets are sorted and hashed on every identity
+    allocation and token verification, and tuples do both in C."""
 
     source: str
     key: str
@@ -62,10 +64,16 @@ class Labels:
     def __init__(self, labels: Iterable[Label] = ()) -> None:
         self._items: tuple[Label, ...] = tuple(sorted(set(labels)))
         self._hash = hash(self._items)
-        keyed: dict[tuple[str, str], list[str]] = {}
-        for lab in self._items:
-            keyed.setdefault((lab.source, lab.key), []).append(lab.value)
-        self._keyed = keyed
+        self._keyed: dict[tuple[str, str], list[str]] | None = None
+
+    def _index(self) -> dict[tuple[str, str], list[str]]:
+        keyed = self._keyed
+        if keyed is None:
+            keyed = {}
+            for lab in self._items:
+                keyed.setdefault((lab.source, lab.key), []).append(lab.value)
+            self._keyed = keyed
+        return keyed
 
     @classmethod
     def parse(cls, text: str, default_source: str = "k8s") -> Labels:
@@ -90,7 +98,7 @@ class Labels:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Labels) and self._items == other._items
+        return isinstance(other, Labels) and (self is other or self._items == other._items)
 
     def __repr__(self) -> str:
         return f"Labels({self})"
@@ -101,9 +109,9 @@ class Labels:
     def values(self, source: str, key: str) -> list[str]:
         """Values of `key` from `source` (``any`` = from every source)."""
         if source != "any":
-            return self._keyed.get((source, key), [])
+            return self._index().get((source, key), [])
         out: list[str] = []
-        for (_src, k), vals in self._keyed.items():
+        for (_src, k), vals in self._index().items():
             if k == key:
                 out.extend(vals)
         return out

@@ -92,6 +92,7 @@ class Verifier:
                 raise
             claims = verify_jws(jws, issuer, self.keys.keys(issuer, now), now)
         exp = float(claims["exp"])
+        subject = subject_of(claims)
         jti = claims.get("jti")
         token_id = jti if isinstance(jti, str) and jti else digest.hex()
         actor: str | None = None
@@ -99,11 +100,12 @@ class Verifier:
             labels = kubernetes_labels(claims, self.cluster, self.resolve_pod)
             kind = "k8s-serviceaccount"
         elif issuer.kind == "spiffe-jwt":
-            sub = subject_of(claims)
-            if not sub.startswith("spiffe://"):
+            if not subject.startswith("spiffe://"):
                 raise CredentialError("sub is not a SPIFFE ID", code="svid-invalid-id")
-            td = sub[len("spiffe://") :].split("/", 1)[0]
-            labels = Labels([Label("spiffe", "id", sub), Label("spiffe", "trust-domain", td)])
+            td = subject[len("spiffe://") :].split("/", 1)[0]
+            labels = Labels(
+                [Label("spiffe", "id", subject), Label("spiffe", "trust-domain", td)]
+            )
             kind = "spiffe-jwt"
         else:
             labels, actor = oidc_labels(claims, issuer)
@@ -111,7 +113,7 @@ class Verifier:
         return VerifiedIdentity(
             kind=kind,
             labels=labels,
-            subject=subject_of(claims),
+            subject=subject,
             issuer=issuer.name,
             expires_at=exp,
             token_id=token_id,

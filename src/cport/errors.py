@@ -91,7 +91,10 @@ class InventoryError(InputError):
 
 
 class UnsupportedFieldError(InputError):
+    """`droppable`: whether dropping the rule holding the field can only narrow access."""
+
     code = "unsupported-field"
+    droppable = True
 
 
 class InputErrors(CportError):

@@ -76,17 +76,9 @@ def _entry_matches(inv: Inventory, pr: PeerRule, ingress: bool, ep: Peer, peer: 
         if proto not in protos:
             continue
         if rng.name:
-            if ingress:
-                pairs = _named(inv, ep.labels, rng.name)
-            elif pr.peers is None:
-                pairs = _named(inv, None, rng.name)
-            else:
-                # Egress: the named port of any workload the rule's peers select.
-                pairs = set()
-                for w in inv:
-                    wp = Peer(inv.identity_labels(w), w)
-                    if not w.host_network and any(_sel_matches(s, wp) for s in pr.peers):
-                        pairs |= _named(inv, wp.labels, rng.name)
+            # Ingress: the endpoint's own named ports; egress: the destination's own.
+            owner = ep if ingress else peer
+            pairs = _named(inv, owner.labels, rng.name) if owner.workload is not None else set()
             if (proto, port) in pairs:
                 return True
         elif rng.port == 0 or rng.port <= port <= (rng.end_port or rng.port):

@@ -35,7 +35,7 @@ def parse_port(text: str) -> tuple[int, int]:
     proto = (proto or "TCP").upper()
     if proto not in PROTO_NUMBERS:
         raise click.BadParameter(f"protocol {proto!r}: use TCP, UDP or SCTP")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdecimal()) or not 1 <= int(port_text) <= 65535:
         raise click.BadParameter(f"port {port_text!r}: a number from 1 to 65535")
     return int(port_text), PROTO_NUMBERS[proto]
 

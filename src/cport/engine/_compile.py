@@ -262,7 +262,9 @@ class Compiler:
         self._all_named = {}
         self._addresses = {}
         self._workload_ids = {}
-        self._cidrs = set()
+        # Both /0 prefixes always get an identity, so every outside address resolves to one
+        # of its own family (see cidr_match).
+        self._cidrs = {"0.0.0.0/0", "::/0"}
         for pol, _ in self.policies.values():
             self._cidrs |= self._policy_cidrs(pol)
         cidr_labels = {
@@ -419,7 +421,7 @@ class Compiler:
             for section, prs in self._sections(rule, direction):
                 for ei, pr in enumerate(prs):
                     ref = RuleRef(key, rev, pol.mode, idx, section, ei, pr.location, pr.auth)
-                    entries.append(self._entry(ref, pr, direction, ep))
+                    entries.extend(self._entries(ref, pr, direction, ep))
         if direction is Direction.INGRESS and self.allow_localhost:
             entries.append(
                 Entry(
@@ -439,35 +441,49 @@ class Compiler:
         self._fill(epp, entries, st, direction)
         return epp
 
-    def _entry(self, ref: RuleRef, pr: PeerRule, direction: Direction, ep: int) -> Entry:
+    def _entries(
+        self, ref: RuleRef, pr: PeerRule, direction: Direction, ep: int
+    ) -> list[Entry]:
+        """A rule entry resolved for one endpoint policy. Named ports resolve on ingress
+        against the endpoint's own ports; on egress against each destination's own ports, so
+        peers that name a port differently get different rows (one entry per group)."""
         peers = None if pr.peers is None else self.cache.select_any(pr.peers)
         ports: list[tuple[int, int, int]] = []
         unresolved: list[str] = []
+        # Egress named ports: destination peer → its resolved (proto, port, port) rows.
+        per_peer: dict[int, list[tuple[int, int, int]]] = {}
         if pr.ports is None:
             ports = [(p, 0, 65535) for p in ALL_PROTOS]
         for rng in pr.ports or ():
             protos = ALL_PROTOS if rng.protocol == "ANY" else (PROTO_NUMBERS[rng.protocol],)
-            if rng.name:
-                if direction is Direction.INGRESS:
-                    found = self._named.get(ep, {}).get(rng.name, set())
-                else:
-                    # Egress: resolve against the peers' ports (every workload's when the
-                    # rule names no peer), as Cilium's named-port map does.
-                    found = set()
-                    if peers is None:
-                        found = self._all_named.get(rng.name, set())
-                    else:
-                        for peer in peers:
-                            found |= self._named.get(peer, {}).get(rng.name, set())
+            if rng.name and direction is Direction.INGRESS:
+                found = self._named.get(ep, {}).get(rng.name, set())
                 hits = [(proto, port, port) for proto, port in sorted(found) if proto in protos]
                 if not hits:
                     unresolved.append(rng.name)
                 ports.extend(hits)
+            elif rng.name:
+                candidates = self._named if peers is None else peers
+                resolved = False
+                for peer in candidates:
+                    found = self._named.get(peer, {}).get(rng.name, set())
+                    hits = [(pr_, port, port) for pr_, port in sorted(found) if pr_ in protos]
+                    if hits:
+                        resolved = True
+                        per_peer.setdefault(peer, []).extend(hits)
+                if not resolved:
+                    unresolved.append(rng.name)
             elif rng.port == 0:
                 ports.extend((p, 0, 65535) for p in protos)
             else:
                 ports.extend((p, rng.port, rng.end_port or rng.port) for p in protos)
-        return Entry(ref, pr.peers, peers, tuple(ports), tuple(unresolved))
+        out = [Entry(ref, pr.peers, peers, tuple(ports), tuple(unresolved))]
+        groups: dict[tuple[tuple[int, int, int], ...], set[int]] = {}
+        for peer, hits in per_peer.items():
+            groups.setdefault(tuple(sorted(set(hits))), set()).add(peer)
+        out.extend(Entry(ref, pr.peers, frozenset(group), rows)
+                   for rows, group in groups.items())
+        return out
 
     def _fill(
         self, epp: EndpointPolicy, entries: list[Entry], st: _State, direction: Direction

@@ -43,6 +43,12 @@ def labels_spec(spec: str) -> Labels | None:
         raise FlowError(f"bad labels in {spec!r}: {exc}", code="invalid-flow") from exc
     if not len(labels):
         raise FlowError(f"{spec!r} names no labels", code="invalid-flow")
+    for value in labels.values("cidr", "prefix"):
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            raise FlowError(f"{spec!r}: cidr:prefix={value} is not an address prefix",
+                            code="invalid-flow") from None
     return labels
 
 

@@ -74,8 +74,9 @@ def combine(eg: Cell, ing: Cell) -> Decision:
     """Both directions governed: the stricter verdict wins (egress first on ties)."""
     first, second = (eg, ing) if _RANK[eg.verdict] >= _RANK[ing.verdict] else (ing, eg)
     reason = first.reason
-    if first.verdict is Verdict.ALLOWED and second.reason is Reason.ALLOWED:
-        reason = Reason.ALLOWED
+    if first.verdict is Verdict.ALLOWED and first.reason is Reason.ALLOWED:
+        # `allowed` means an allow rule matched in every governed direction.
+        reason = second.reason
     decision = eg.pairs[ing] = Decision(first.verdict, reason, eg, ing)
     return decision
 

@@ -13,6 +13,7 @@ State file ``<state_dir>/identities.json``, format version 2::
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -176,6 +177,12 @@ class IdentityAllocator:
                 raise self._corrupt(f"entry {i}: {exc}") from exc
             if labels in out:
                 raise self._corrupt(f"entry {i}: labels {labels} appear twice")
+            for lab in labels:
+                if lab.source == "cidr":
+                    try:
+                        ipaddress.ip_network(lab.value)
+                    except ValueError:
+                        raise self._corrupt(f"entry {i}: {lab} is not an address prefix") from None
             if (num >= FIRST_LOCAL_ID) != _is_local(labels):
                 raise self._corrupt(f"entry {i}: id {num} is in the wrong scope for {labels}")
             seen.add(num)

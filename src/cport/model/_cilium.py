@@ -40,6 +40,9 @@ _RULE = frozenset(
     }
 )
 _RULE_UNSUPPORTED = {"nodeSelector": "nodeSelector (host policies)", "log": "policy logging"}
+# fromRequires/toRequires restrict every allow rule of the endpoint, so they can never be
+# dropped: dropping them would widen access.
+_NOT_DROPPABLE = frozenset({"fromRequires", "toRequires"})
 _UNSUPPORTED = {
     "fromRequires": "fromRequires (deprecated in Cilium)",
     "toRequires": "toRequires (deprecated in Cilium)",
@@ -108,7 +111,8 @@ def _l3(cur: Cursor, prefix: str, namespace: str) -> tuple[bool, tuple[Selector,
 
 
 def _to_ports(cur: Cursor | None, *, deny: bool) -> tuple[PortRange, ...] | None:
-    if cur is None:
+    # Cilium: a missing, null or empty toPorts makes the rule L3-only (every port).
+    if cur is None or cur.value is None or cur.value == []:
         return None
     out: list[PortRange] = []
     for rule in cur.sequence().items():
@@ -133,7 +137,7 @@ def _rules(
             out.append(_peer_rule(item, prefix, namespace, deny=deny, ingress=ingress))
         except UnsupportedFieldError as exc:
             dropped = skipped_unsupported()
-            if deny or dropped is None:
+            if deny or dropped is None or not exc.droppable:
                 raise
             dropped.append(f"{exc.location}: dropped this allow rule: {exc.message}")
     return tuple(out)
@@ -149,6 +153,9 @@ def _peer_rule(item: Cursor, prefix: str, namespace: str, *, deny: bool, ingress
         for k, v in _UNSUPPORTED.items()
         if k.startswith(prefix) or k == "icmps" or (k == "toServices" and not ingress)
     }
+    if isinstance(item.value, dict):
+        for key in sorted(_NOT_DROPPABLE & item.value.keys()):
+            item.require(key).unsupported(_UNSUPPORTED[key], droppable=False)
     item.mapping(known, unsupported)
     # Cilium's sanitize() rejects more than one non-empty kind of L3 peer in one rule
     # (pkg/policy/api/rule_validation.go); an empty list does not count.

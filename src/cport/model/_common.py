@@ -97,7 +97,7 @@ def parse_port(
     port_cur = cur.get(port_key)
     value = port_cur.value if port_cur is not None else 0
     name: str | None = None
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and (value.isascii() and value.isdecimal()):
         value = int(value)
     if isinstance(value, str):
         assert port_cur is not None
@@ -118,7 +118,7 @@ def parse_port(
     end_cur = cur.get(end_key) if end_key else None
     if end_cur is not None and end_cur.value not in (None, 0):
         end_val = end_cur.value
-        if isinstance(end_val, str) and end_val.isdigit():
+        if isinstance(end_val, str) and (end_val.isascii() and end_val.isdecimal()):
             end_val = int(end_val)
         if isinstance(end_val, bool) or not isinstance(end_val, int) or not 1 <= end_val <= 65535:
             end_cur.fail(f"invalid endPort {end_cur.value!r}", hint="a number from 1 to 65535")

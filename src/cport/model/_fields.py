@@ -41,13 +41,15 @@ class Cursor:
         raise self.error_cls(message, self.location, hint=hint, code=code)
 
     def unsupported(self, what: str, *, droppable: bool = True) -> NoReturn:
-        raise UnsupportedFieldError(
+        exc = UnsupportedFieldError(
             f"{what} is not supported by cport (L3/L4 only)",
             self.location,
             hint="remove the field, or pass --skip-unsupported to drop the allow rule holding it"
             if droppable
             else "remove the field: cport cannot enforce it and will not guess",
         )
+        exc.droppable = droppable
+        raise exc
 
     # -- navigation ----------------------------------------------------------------------
     def get(self, key: str) -> Cursor | None:

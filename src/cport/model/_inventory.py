@@ -114,12 +114,19 @@ class Inventory:
         if w.host_network:
             labels = reserved_labels("host")
         else:
-            # Cilium drops pod labels in its own io.cilium.k8s namespace (they are derived).
-            items = [Label("k8s", k, v) for k, v in w.labels if not k.startswith("io.cilium.k8s")]
+            # Cilium drops pod labels in its own io.cilium.k8s namespace and overwrites the
+            # ones it derives: a pod's own labels must never claim another namespace, service
+            # account or cluster (that would be a way into policies meant for others).
+            items = [
+                Label("k8s", k, v)
+                for k, v in w.labels
+                if not k.startswith("io.cilium.k8s") and k != NAMESPACE_KEY
+            ]
             items.append(Label("k8s", NAMESPACE_KEY, w.namespace))
             items.append(Label("k8s", SERVICEACCOUNT_KEY, w.service_account))
             items.append(Label("k8s", CLUSTER_KEY, self.cluster))
-            ns_labels = {NAMESPACE_NAME_LABEL: w.namespace, **self.namespaces.get(w.namespace, {})}
+            # Kubernetes always sets kubernetes.io/metadata.name to the real name: it wins.
+            ns_labels = {**self.namespaces.get(w.namespace, {}), NAMESPACE_NAME_LABEL: w.namespace}
             items.extend(Label("k8s", NAMESPACE_LABELS_PREFIX + k, v) for k, v in ns_labels.items())
             labels = Labels(items)
         self._labels[key] = labels
@@ -127,10 +134,14 @@ class Inventory:
 
     def find(self, namespace: str, name: str) -> Workload:
         """A workload by ``namespace/name``, or by its owner's name (a Deployment's pods)."""
+        if not name or not namespace:
+            raise FlowError(f"{namespace}/{name}: name the workload as NAMESPACE/NAME",
+                            code="invalid-flow")
         found = self._by_ref.get((namespace, name))
         if found is not None:
             return found
-        owned = [w for w in self.workloads if w.namespace == namespace and w.owner == name]
+        owned = [w for w in self.workloads
+                 if w.namespace == namespace and w.owner and w.owner == name]
         if owned:
             return owned[0]
         known = sorted(w.name for w in self.workloads if w.namespace == namespace)
@@ -163,7 +174,7 @@ def _metadata(doc: Cursor, *, namespaced: bool = True) -> tuple[str, str, dict[s
 
 def _port_number(cur: Cursor) -> int:
     value = cur.value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         cur.fail(f"invalid port {cur.value!r}", hint="a number from 1 to 65535")

@@ -110,14 +110,19 @@ def cidr_requirement(prefix: IPNet, excepts: tuple[IPNet, ...] = ()) -> Requirem
 def cidr_match(values: tuple[str, ...], labels: Labels) -> bool:
     """Does a CIDR identity (label ``cidr:<prefix>``) fall inside values[0] and outside the rest?
 
-    The world identity carries no cidr label; it stands for every address no policy names, so
-    only a ``/0`` prefix matches it.
+    The world identity carries no cidr label: it answers ``--from entity:world``, a peer of no
+    particular address, which only a ``/0`` matches. Real addresses never resolve to it: the
+    compiler always allocates ``0.0.0.0/0`` and ``::/0`` identities, so an address's identity
+    has its family (an IPv6 address never matches ``0.0.0.0/0``).
     """
     own = labels.values("cidr", "prefix")
     prefix = ipaddress.ip_network(values[0])
     if not own:
         return prefix.prefixlen == 0 and labels.has("reserved", "world")
-    net = ipaddress.ip_network(own[0])
+    try:
+        net = ipaddress.ip_network(own[0])
+    except ValueError:
+        return False
     if net.version != prefix.version or not net.subnet_of(prefix):  # type: ignore[arg-type]
         return False
     for text in values[1:]:

@@ -283,19 +283,19 @@ class OidcProvider:
         argv = [
             node,
             str(PROVIDER_SCRIPT),
-            "--port", str(self.port),
-            "--issuer", self.issuer,
-            "--keys", str(keys_file),
-            "--secret", self.secret,
-            "--alg", self.alg,
-            "--ttl", str(self.ttl),
-            "--audience", self.audience,
-            "--resource", self.resource,
+            f"--port={self.port}",
+            f"--issuer={self.issuer}",
+            f"--keys={keys_file}",
+            f"--secret={self.secret}",
+            f"--alg={self.alg}",
+            f"--ttl={self.ttl}",
+            f"--audience={self.audience}",
+            f"--resource={self.resource}",
         ]  # fmt: skip
         if self.claims is not None:
             claims_file = workdir / "claims.json"
             _write_private(claims_file, self.claims)
-            argv += ["--claims", str(claims_file)]
+            argv += [f"--claims={claims_file}"]
 
         self._starts += 1
         out_path = workdir / f"stdout.{self._starts}.log"

@@ -36,8 +36,8 @@ def read_token(token: str | None) -> str:
     text = sys.stdin.read() if token in (None, "-") else token
     assert text is not None
     text = text.strip()
-    if text.lower().startswith("bearer "):
-        text = text[7:].strip()
+    if text.lower() == "bearer" or text[:7].lower() == "bearer ":
+        text = text[6:].strip()
     if not text:
         raise FlowError(
             "no token given (pass it as an argument or on standard input)",

@@ -191,7 +191,10 @@ def _issuer(cur: Cursor, base: Path) -> IssuerConfig:
 
 def parse_config(text: str, file: str, base: Path | None = None) -> Config:
     """Validate configuration text; raises :class:`InputErrors` listing every problem."""
-    docs = parse_documents(text, file)
+    try:
+        docs = parse_documents(text, file)
+    except InputError as exc:
+        raise InputErrors([exc]) from exc
     cfg = Config(path=file)
     if not docs:
         return cfg

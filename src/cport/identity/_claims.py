@@ -24,6 +24,8 @@ from cport.identity._jwt import claim_at
 from cport.identity._labels import (
     CLUSTER_KEY,
     NAMESPACE_KEY,
+    NAMESPACE_LABELS_PREFIX,
+    NAMESPACE_NAME_LABEL,
     SERVICEACCOUNT_KEY,
     Label,
     Labels,
@@ -102,10 +104,12 @@ def kubernetes_labels(
         found = resolve_pod(ns, pod)
         if found is not None:
             return found
+    # The labels a pod with no labels of its own has (cport.model.Inventory.identity_labels).
     return Labels(
         [
             Label("k8s", NAMESPACE_KEY, ns),
             Label("k8s", SERVICEACCOUNT_KEY, sa),
             Label("k8s", CLUSTER_KEY, cluster),
+            Label("k8s", NAMESPACE_LABELS_PREFIX + NAMESPACE_NAME_LABEL, ns),
         ]
     )

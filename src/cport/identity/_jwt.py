@@ -105,8 +105,8 @@ def _no_constants(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-_HEADERS: dict[str, dict[str, Any]] = {}
-_HEADER_CACHE_SIZE = 1024
+_HEADERS: dict[str, dict[str, Any]] = {}  # header segment → decoded, for verified tokens only
+_HEADER_CACHE_SIZE = 64
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -130,21 +130,25 @@ def parse_jws(token: str, max_bytes: int = 16 * 1024) -> ParsedJWS:
         what = "an encrypted JWT (JWE)" if len(parts) == 5 else f"{len(parts)} segments"
         raise _reject("malformed", f"not a signed JWT: {what}")
     h, p, s = parts
-    header = _HEADERS.get(h)
-    if header is None:
-        header = _json(_b64(h, "header"), "header")
-        if len(_HEADERS) < _HEADER_CACHE_SIZE:
-            # An issuer's tokens share one header: decode it once. Copies are handed out,
-            # so no caller can alter the cached one.
-            _HEADERS[h] = header
-        header = dict(header)
-    else:
-        header = dict(header)
+    cached = _HEADERS.get(h)
+    header = dict(cached) if cached is not None else _json(_b64(h, "header"), "header")
     claims = _json(_b64(p, "payload"), "payload")
     signature = _b64(s, "signature")
     if not signature:
         raise _reject("bad-signature", "the token carries no signature")
     return ParsedJWS(header, claims, f"{h}.{p}".encode("ascii"), signature)
+
+
+def remember_header(jws: ParsedJWS) -> None:
+    """Keep a *verified* token's header decoded for the next token that carries the same one
+    (an issuer's tokens share one header). Called only after the signature verified, so an
+    attacker cannot fill the cache; only flat headers of scalars are kept, so the copies
+    handed out share nothing mutable."""
+    if len(_HEADERS) >= _HEADER_CACHE_SIZE:
+        return
+    if all(isinstance(v, (str, int, float, bool)) for v in jws.header.values()):
+        segment = jws.signing_input.split(b".", 1)[0].decode("ascii")
+        _HEADERS[segment] = dict(jws.header)
 
 
 def _check_header(jws: ParsedJWS, issuer: IssuerConfig) -> str:
@@ -299,4 +303,5 @@ def verify_jws(
         ):
             raise BadSignature("the signature does not verify")
     check_claims(jws.claims, issuer, now)
+    remember_header(jws)
     return jws.claims

@@ -133,6 +133,7 @@ class _State:
     refetched_at: float = float("-inf")  # last unknown-kid refetch
     jwks_uri: str | None = None
     error: str = ""
+    error_code: str = ""  # a specific refusal (e.g. insecure-key-url) instead of no-keys
 
 
 class JWKSKeySource:
@@ -166,7 +167,7 @@ class JWKSKeySource:
             st.keys = []
             raise CredentialError(
                 f"no valid keys for issuer {issuer.name} (last error: {st.error or 'none'})",
-                code="no-keys",
+                code=st.error_code or "no-keys",
             )
 
     def refetch(self, issuer: IssuerConfig, now: float) -> bool:
@@ -190,9 +191,10 @@ class JWKSKeySource:
                 raise ValueError("the key set holds no usable signature key")
         except Exception as exc:  # any failure: keep last-known-good keys, record why
             st.error = f"{type(exc).__name__}: {exc}"[:300]
+            st.error_code = exc.code if isinstance(exc, CredentialError) else ""
             log.warning("JWKS refresh for issuer %s failed: %s", issuer.name, st.error)
             return
-        st.keys, st.fetched_at, st.error = keys, now, ""
+        st.keys, st.fetched_at, st.error, st.error_code = keys, now, "", ""
 
     def _discover(self, issuer: IssuerConfig) -> str:
         url = issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"

@@ -71,6 +71,8 @@ class Verifier:
                 return hit
             del self._cache[digest]
         identity = self._verify(token, now, digest)
+        if self._cache_size <= 0:
+            return identity
         if len(self._cache) >= self._cache_size:
             del self._cache[next(iter(self._cache))]  # oldest first
         self._cache[digest] = identity
@@ -100,9 +102,12 @@ class Verifier:
             labels = kubernetes_labels(claims, self.cluster, self.resolve_pod)
             kind = "k8s-serviceaccount"
         elif issuer.kind == "spiffe-jwt":
-            if not subject.startswith("spiffe://"):
-                raise CredentialError("sub is not a SPIFFE ID", code="svid-invalid-id")
-            td = subject[len("spiffe://") :].split("/", 1)[0]
+            from cport.identity._spiffe import parse_spiffe_id
+
+            try:
+                td = parse_spiffe_id(subject).trust_domain
+            except CredentialError as exc:
+                raise CredentialError(exc.message, code="svid-invalid-id") from None
             labels = Labels(
                 [Label("spiffe", "id", subject), Label("spiffe", "trust-domain", td)]
             )

@@ -29,6 +29,8 @@ from cport.identity import (
     credential_hash,
     parse_jws,
 )
+from cport.identity._aws import AwsVerifier
+from cport.identity._front import Credentials
 
 
 def read_token(token: str | None) -> str:
@@ -46,13 +48,21 @@ def read_token(token: str | None) -> str:
     return text
 
 
-def verifier_from_config(config_path: str) -> Verifier:
+def verifier_from_config(config_path: str) -> Credentials:
+    """Every verifier the configuration enables (JWT issuers, AWS IAM, SPIFFE bundles)."""
     cfg = load_config(config_path)
-    if not cfg.identity.issuers:
+    ident = cfg.identity
+    if not (ident.issuers or ident.aws or ident.spiffe_bundles):
         raise FlowError(
-            f"{config_path} configures no issuers (identity.issuers)", code="no-issuers"
+            f"{config_path} configures no issuers, AWS or SPIFFE (identity)", code="no-issuers"
         )
-    return Verifier(cfg.identity.issuers, JWKSKeySource(), cluster=cfg.cluster)
+    return Credentials(
+        jwt=Verifier(ident.issuers, JWKSKeySource(), cluster=cfg.cluster)
+        if ident.issuers
+        else None,
+        aws=AwsVerifier(ident.aws) if ident.aws is not None else None,
+        bundles=ident.spiffe_bundles,
+    )
 
 
 def verify_token_file(config_path: str, token_file: str) -> VerifiedIdentity:
@@ -63,7 +73,7 @@ def verify_token_file(config_path: str, token_file: str) -> VerifiedIdentity:
         raise FlowError(
             f"cannot read token file {token_file}: {exc.strerror}", code="invalid-flow"
         ) from exc
-    return verifier_from_config(config_path).verify(read_token(token))
+    return verifier_from_config(config_path).verify(read_token(token), time.time())
 
 
 def _when(ts: float) -> str:
@@ -72,7 +82,8 @@ def _when(ts: float) -> str:
 
 @click.group()
 def token() -> None:
-    """Verify or inspect credentials (OIDC/JWT, Kubernetes service-account tokens, JWT-SVIDs)."""
+    """Verify or inspect credentials: OIDC/JWT, Kubernetes service-account tokens, SPIFFE SVIDs
+    (JWT or a PEM certificate chain), AWS IAM (k8s-aws-v1. tokens or a signed request)."""
 
 
 @token.command()
@@ -101,7 +112,7 @@ def verify(token_arg: str | None, config_path: str, state_dir: Path | None, outp
     tok = read_token(token_arg)
     verifier = verifier_from_config(config_path)
     try:
-        ident = verifier.verify(tok)
+        ident = verifier.verify(tok, time.time())
     except CredentialError as exc:
         if output == "json":
             emit_json(

@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cport.errors import ConfigError, InputError, InputErrors, Location
+from cport.errors import ConfigError, IdentityError, InputError, InputErrors, Location
+from cport.identity._aws import AwsConfig
 from cport.identity._issuer import (
     ASYMMETRIC_ALGORITHMS,
     DEFAULT_ALGORITHMS,
@@ -40,6 +41,7 @@ from cport.identity._issuer import (
     IssuerConfig,
 )
 from cport.identity._keys import check_url
+from cport.identity._spiffe import TrustBundle
 from cport.model._fields import Cursor
 from cport.model._yaml import parse_documents
 
@@ -71,6 +73,8 @@ class IdentitySettings:
     """The `identity` section, validated."""
 
     issuers: list[IssuerConfig] = field(default_factory=list)
+    aws: AwsConfig | None = None
+    spiffe_bundles: dict[str, TrustBundle] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,6 +193,44 @@ def _issuer(cur: Cursor, base: Path) -> IssuerConfig:
     )
 
 
+_AWS_KEYS = frozenset(
+    {"stsEndpoints", "audience", "vaultServerId", "maxAge", "clockSkew", "timeout"}
+)
+
+
+def _aws(cur: Cursor) -> AwsConfig:
+    cur.mapping(_AWS_KEYS)
+    kwargs: dict[str, object] = {}
+    if (c := cur.get("stsEndpoints")) is not None:
+        kwargs["sts_endpoints"] = tuple(c.string_list())
+    if (c := cur.get("audience")) is not None:
+        kwargs["audience"] = c.string()
+    if (c := cur.get("vaultServerId")) is not None:
+        kwargs["vault_server_id"] = c.string()
+    for key, attr in (("maxAge", "max_age"), ("clockSkew", "clock_skew"), ("timeout", "timeout")):
+        if (c := cur.get(key)) is not None:
+            kwargs[attr] = _duration(c)
+    try:
+        return AwsConfig(**kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        cur.fail(str(exc))
+
+
+def _spiffe(cur: Cursor, base: Path) -> dict[str, TrustBundle]:
+    cur.mapping({"trustBundles"})
+    out: dict[str, TrustBundle] = {}
+    bundles = cur.get("trustBundles")
+    for td, path_cur in bundles.mapping(set(bundles.value or {})).entries() if bundles else []:
+        path = base / path_cur.string()
+        try:
+            out[td] = TrustBundle.from_pem(td, path.read_bytes())
+        except OSError as exc:
+            path_cur.fail(f"cannot read the trust bundle: {exc.strerror}")
+        except IdentityError as exc:
+            path_cur.fail(exc.message)
+    return out
+
+
 def parse_config(text: str, file: str, base: Path | None = None) -> Config:
     """Validate configuration text; raises :class:`InputErrors` listing every problem."""
     try:
@@ -212,6 +254,16 @@ def parse_config(text: str, file: str, base: Path | None = None) -> Config:
         ident = root.get("identity")
         if ident is not None:
             ident.mapping({"issuers", "aws", "spiffe"})
+            if (sub := ident.get("aws")) is not None:
+                try:
+                    cfg.identity.aws = _aws(sub)
+                except InputError as exc:
+                    errors.append(exc)
+            if (sub := ident.get("spiffe")) is not None:
+                try:
+                    cfg.identity.spiffe_bundles = _spiffe(sub, base)
+                except InputError as exc:
+                    errors.append(exc)
             names: dict[str, Location] = {}
             for item in (ident.get("issuers") or Cursor(root.doc, (), [])).sequence().items():
                 try:

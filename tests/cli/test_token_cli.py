@@ -245,9 +245,12 @@ def test_explain_from_token(key: Any, config: Path, fetched: list[str], tmp_path
     token_file.write_text(make_token(key) + "\n")
     result = explain(token_file, config)
     data = as_json(result)
-    assert data["verdict"] == "denied", data
-    assert data["reason"] == "auth-required"
-    assert result.exit_code == 1
+    # The port needs a verified credential, and the token is one: admitted.
+    assert data["verdict"] == "allowed", data
+    assert data["reason"] == "authenticated"
+    assert data["authenticationRequired"] is True
+    assert data["authenticated"] is True
+    assert result.exit_code == 0
     cred = data["from"]["credential"]
     assert cred["subject"] == "alice@corp.example"
     assert cred["issuer"] == "corp-okta"

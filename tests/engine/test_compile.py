@@ -116,3 +116,25 @@ spec:
     assert t2.revision == t1.revision + 1
     assert {str(k): i.revision for k, i in t2.policies.items()} == {
         "PortPolicy/shop/db": 1, "PortPolicy/shop/ext": 2}
+
+
+def test_authenticated_flows_pass_auth_required_rows() -> None:
+    b = load_text(INVENTORY + """---
+apiVersion: cport.dev/v1alpha1
+kind: PortPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress:
+    - from: [{workloads: {matchLabels: {app: api}}}]
+      ports: [{port: 5432}]
+      authentication: required
+""")
+    t = compile_table(b.policies, b.inventory)
+    api, db, web = (t.workload_ids[("shop", n)] for n in ("api", "db", "web"))
+    assert decide(t, Flow(api, db, 6, 5432)).verdict is Verdict.AUTH_REQUIRED
+    admitted = decide(t, Flow(api, db, 6, 5432, authenticated=True))
+    assert (admitted.verdict, admitted.reason) == (Verdict.ALLOWED, Reason.AUTHENTICATED)
+    # A credential never opens what policy does not allow.
+    assert decide(t, Flow(web, db, 6, 5432, authenticated=True)).verdict is Verdict.DENIED
+    assert decide(t, Flow(api, db, 6, 5433, authenticated=True)).verdict is Verdict.DENIED

@@ -88,6 +88,8 @@ def print_explanation(exp: Explanation) -> None:
     _print_direction("ingress", exp.ingress)
     if exp.decision.verdict.value == "auth-required":
         console.print("  the port requires a verified credential (authentication: required)")
+    elif exp.decision.reason.value == "authenticated":
+        console.print("  admitted: the port requires a verified credential, and one was presented")
 
 
 @click.command(name="explain")
@@ -150,7 +152,9 @@ def explain_cmd(
     else:
         s = resolve_endpoint(table, bundle.inventory, src)
     d = resolve_endpoint(table, bundle.inventory, dst)
-    exp = explain(table, Flow(s.identity, d.identity, proto, port_num), s, d)
+    exp = explain(
+        table, Flow(s.identity, d.identity, proto, port_num, credential is not None), s, d
+    )
     if output == "json":
         out = exp.to_json()
         if credential is not None:

@@ -441,9 +441,7 @@ class Compiler:
         self._fill(epp, entries, st, direction)
         return epp
 
-    def _entries(
-        self, ref: RuleRef, pr: PeerRule, direction: Direction, ep: int
-    ) -> list[Entry]:
+    def _entries(self, ref: RuleRef, pr: PeerRule, direction: Direction, ep: int) -> list[Entry]:
         """A rule entry resolved for one endpoint policy. Named ports resolve on ingress
         against the endpoint's own ports; on egress against each destination's own ports, so
         peers that name a port differently get different rows (one entry per group)."""
@@ -481,8 +479,7 @@ class Compiler:
         groups: dict[tuple[tuple[int, int, int], ...], set[int]] = {}
         for peer, hits in per_peer.items():
             groups.setdefault(tuple(sorted(set(hits))), set()).add(peer)
-        out.extend(Entry(ref, pr.peers, frozenset(group), rows)
-                   for rows, group in groups.items())
+        out.extend(Entry(ref, pr.peers, frozenset(group), rows) for rows, group in groups.items())
         return out
 
     def _fill(

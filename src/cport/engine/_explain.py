@@ -83,7 +83,11 @@ class Explanation:
         return {
             "verdict": self.verdict,
             "reason": self.decision.reason.value,
-            "authenticationRequired": self.decision.verdict is Verdict.AUTH_REQUIRED,
+            "authenticationRequired": any(
+                c is not None and c.verdict is Verdict.AUTH_REQUIRED
+                for c in (self.decision.egress, self.decision.ingress)
+            ),
+            "authenticated": self.flow.authenticated,
             "from": self.src.to_json(),
             "to": self.dst.to_json(),
             "protocol": self.protocol,

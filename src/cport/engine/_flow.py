@@ -47,8 +47,9 @@ def labels_spec(spec: str) -> Labels | None:
         try:
             ipaddress.ip_network(value)
         except ValueError:
-            raise FlowError(f"{spec!r}: cidr:prefix={value} is not an address prefix",
-                            code="invalid-flow") from None
+            raise FlowError(
+                f"{spec!r}: cidr:prefix={value} is not an address prefix", code="invalid-flow"
+            ) from None
     return labels
 
 

@@ -15,6 +15,7 @@ from cport.engine._types import Cell, Decision, Flow, Reason, Verdict
 from cport.identity import WILDCARD_ID
 
 _NOT_SELECTED = Decision(Verdict.ALLOWED, Reason.NOT_SELECTED)
+_AUTH_REQUIRED = Verdict.AUTH_REQUIRED
 _RANK = {Verdict.DENIED: 3, Verdict.AUTH_REQUIRED: 2, Verdict.AUDIT: 1, Verdict.ALLOWED: 0}
 
 
@@ -81,6 +82,15 @@ def combine(eg: Cell, ing: Cell) -> Decision:
     return decision
 
 
+def _admit(decision: Decision) -> Decision:
+    """An auth-required decision for a peer with a verified credential: allowed (still
+    `audit` when an audit-mode policy on the other direction would block)."""
+    cells = (decision.egress, decision.ingress)
+    if any(c is not None and c.verdict is Verdict.AUDIT for c in cells):
+        return Decision(Verdict.AUDIT, Reason.AUDIT, decision.egress, decision.ingress)
+    return Decision(Verdict.ALLOWED, Reason.AUTHENTICATED, decision.egress, decision.ingress)
+
+
 def decide(table: Table, flow: Flow) -> Decision:
     """The verdict for `flow`: source egress and destination ingress, each looked up in the
     compiled table. Pure: no I/O, no clock; the same table and flow give the same answer.
@@ -95,9 +105,14 @@ def decide(table: Table, flow: Flow) -> Decision:
         ing = epp.exact.get((src << 24) | low) or lookup_rest(epp, src, flow.proto, flow.port)
         epp = table.egress.get(src)
         if epp is None:
-            return ing.decision
-        eg = epp.exact.get((dst << 24) | low) or lookup_rest(epp, dst, flow.proto, flow.port)
-        return eg.pairs.get(ing) or combine(eg, ing)
+            decision = ing.decision
+        else:
+            eg = epp.exact.get((dst << 24) | low) or lookup_rest(epp, dst, flow.proto, flow.port)
+            decision = eg.pairs.get(ing) or combine(eg, ing)
+        # Only ingress rows can require authentication, so only this path checks it.
+        if flow.authenticated and decision.verdict is _AUTH_REQUIRED:
+            return _admit(decision)
+        return decision
     epp = table.egress.get(src)
     if epp is None:
         return _NOT_SELECTED

@@ -31,6 +31,7 @@ class Reason(StrEnum):
     DEFAULT_DENY = "default-deny"  # selected, no allow rule matched
     AUTH_REQUIRED = "auth-required"  # the matching allow rule needs a verified credential
     AUDIT = "audit"  # an audit-mode policy would have denied; allowed and logged
+    AUTHENTICATED = "authenticated"  # auth-required, and the peer presented a verified credential
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +108,15 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Flow:
     """A connection attempt in identity terms: source and destination security identities,
-    IP protocol number (6 TCP, 17 UDP, 132 SCTP) and destination port."""
+    IP protocol number (6 TCP, 17 UDP, 132 SCTP) and destination port. `authenticated`: the
+    source presented a verified credential (or holds a live grant), which is what an
+    ``authentication: required`` row asks for."""
 
     src: int
     dst: int
     proto: int
     port: int
+    authenticated: bool = False
 
 
 __all__ = ["Cell", "Decision", "Direction", "Flow", "Reason", "RuleRef", "Verdict"]

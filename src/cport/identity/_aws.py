@@ -466,9 +466,7 @@ def parse_signed_request(
     _check_action(params)
     if set(params) != {"Action", "Version"}:
         raise _reject("sts-action-not-allowed", "the body carries parameters besides Action")
-    if not headers.get("content-type", ("", ""))[1].startswith(
-        "application/x-www-form-urlencoded"
-    ):
+    if not headers.get("content-type", ("", ""))[1].startswith("application/x-www-form-urlencoded"):
         raise _reject("malformed", "the body is not sent as a form")
     match = _AUTHORIZATION.fullmatch(headers.get("authorization", ("", ""))[1])
     if match is None:

@@ -108,9 +108,7 @@ class Verifier:
                 td = parse_spiffe_id(subject).trust_domain
             except CredentialError as exc:
                 raise CredentialError(exc.message, code="svid-invalid-id") from None
-            labels = Labels(
-                [Label("spiffe", "id", subject), Label("spiffe", "trust-domain", td)]
-            )
+            labels = Labels([Label("spiffe", "id", subject), Label("spiffe", "trust-domain", td)])
             kind = "spiffe-jwt"
         else:
             labels, actor = oidc_labels(claims, issuer)

@@ -135,13 +135,15 @@ class Inventory:
     def find(self, namespace: str, name: str) -> Workload:
         """A workload by ``namespace/name``, or by its owner's name (a Deployment's pods)."""
         if not name or not namespace:
-            raise FlowError(f"{namespace}/{name}: name the workload as NAMESPACE/NAME",
-                            code="invalid-flow")
+            raise FlowError(
+                f"{namespace}/{name}: name the workload as NAMESPACE/NAME", code="invalid-flow"
+            )
         found = self._by_ref.get((namespace, name))
         if found is not None:
             return found
-        owned = [w for w in self.workloads
-                 if w.namespace == namespace and w.owner and w.owner == name]
+        owned = [
+            w for w in self.workloads if w.namespace == namespace and w.owner and w.owner == name
+        ]
         if owned:
             return owned[0]
         known = sorted(w.name for w in self.workloads if w.namespace == namespace)

@@ -6,7 +6,16 @@ import importlib
 
 import pytest
 
-PACKAGES = ["cport", "cport.model", "cport.identity", "cport.engine", "cport.cli", "cport.errors"]
+PACKAGES = [
+    "cport",
+    "cport.model",
+    "cport.identity",
+    "cport.engine",
+    "cport.cli",
+    "cport.errors",
+    "cport.audit",
+    "cport.config",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -14,6 +14,7 @@
     │       ├── BadSignature      code "bad-signature"
     │       └── UnknownIssuer     code "unknown-issuer"
     ├── ConfigError               the agent/identity configuration file is invalid (located)
+    ├── AuditError                the audit store cannot be read, written or trusted
     └── EngineError               internal inconsistency in compile/lookup (a bug: please report)
 
 Library code raises these; the CLI maps them to exit codes in one place (`cport.cli`).
@@ -138,6 +139,10 @@ class UnknownIssuer(CredentialError):
 
 class ConfigError(InputError):
     code = "invalid-config"
+
+
+class AuditError(CportError):
+    code = "audit-error"
 
 
 class EngineError(CportError):

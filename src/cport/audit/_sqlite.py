@@ -1,0 +1,361 @@
+"""SQLite audit store (WAL): the embedded default, in the state directory.
+
+Appends run in one ``BEGIN IMMEDIATE`` transaction per batch (the chain head is read inside
+it, so two writers never fork the chain) and return only after COMMIT; with
+``synchronous=FULL`` in WAL mode a committed batch survives a crash or power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cport.audit._chain import GENESIS, Checkpoint, Signer, link, verify_checkpoint
+from cport.audit._event import AuditEvent
+from cport.audit._store import AuditFilter, StoredEvent, VerifyReport, WhoRow
+from cport.errors import AuditError
+
+_COLUMNS = (
+    "time_ns",
+    "kind",
+    "node",
+    "enforcer",
+    "verdict",
+    "reason",
+    "protocol",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "direction",
+    "peer_identity",
+    "subject",
+    "issuer",
+    "credential_kind",
+    "token_id",
+    "workload",
+    "port",
+    "table_revision",
+    "bytes_in",
+    "bytes_out",
+    "duration_ns",
+    "termination",
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    {
+    ", ".join(
+        c
+        + " "
+        + (
+            "INTEGER"
+            if c
+            in (
+                "time_ns",
+                "src_port",
+                "dst_port",
+                "peer_identity",
+                "port",
+                "table_revision",
+                "bytes_in",
+                "bytes_out",
+                "duration_ns",
+            )
+            else "TEXT"
+        )
+        for c in _COLUMNS
+    )
+},
+    policies TEXT NOT NULL,
+    body BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_workload_port ON events (workload, port, time_ns);
+CREATE INDEX IF NOT EXISTS events_peer ON events (peer_identity, time_ns);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
+CREATE INDEX IF NOT EXISTS events_verdict ON events (verdict, time_ns);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time_ns INTEGER NOT NULL,
+    key_id TEXT NOT NULL, signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_INSERT = (
+    f"INSERT INTO events (seq, {', '.join(_COLUMNS)}, policies, body, prev_hash, hash) "
+    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 5))})"
+)
+
+
+def _row(seq: int, ev: AuditEvent, body: bytes, prev: bytes, h: bytes) -> tuple[Any, ...]:
+    pols = json.dumps([f"{p.kind}/{p.namespace}/{p.name}" for p in ev.policies])
+    return (seq, *(getattr(ev, c) for c in _COLUMNS), pols, body, prev, h)
+
+
+def where(flt: AuditFilter, placeholder: str = "?") -> tuple[str, list[Any]]:
+    """SQL conditions for a filter (shared with the PostgreSQL store)."""
+    conds: list[str] = []
+    args: list[Any] = []
+    for col, op, value in (
+        ("time_ns", ">=", flt.since_ns),
+        ("time_ns", "<", flt.until_ns),
+        ("verdict", "=", flt.verdict),
+        ("reason", "=", flt.reason),
+        ("workload", "=", flt.workload),
+        ("port", "=", flt.port),
+        ("peer_identity", "=", flt.peer_identity),
+        ("subject", "=", flt.subject),
+        ("kind", "=", flt.kind),
+    ):
+        if value is not None:
+            conds.append(f"{col} {op} {placeholder}")
+            args.append(value)
+    if flt.policy is not None:
+        conds.append(f"policies LIKE {placeholder}")
+        name = flt.policy.replace("%", "").replace("_", r"\_")
+        args.append(f'%/{name}"%' if "/" not in name else f'%{name}"%')
+    return (" WHERE " + " AND ".join(conds)) if conds else "", args
+
+
+class SQLiteStore:
+    """The embedded audit store. `path` may be ``":memory:"`` (tests, demos)."""
+
+    def __init__(self, path: str | Path, signer: Signer | None = None) -> None:
+        self.path = str(path)
+        self.signer = signer
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise AuditError(
+                f"cannot open audit store {self.path}: {exc}", code="audit-store-unavailable"
+            ) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing -------------------------------------------------------------------------
+    def _head(self) -> tuple[int, bytes]:
+        row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            return int(row[0]), bytes(row[1])
+        anchor = self._meta("anchor")
+        if anchor:
+            seq, h = anchor.split(":")
+            return int(seq), bytes.fromhex(h)
+        return 0, GENESIS
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def append(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Append `events` durably; returns their sequence numbers."""
+        if not events:
+            return []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq, prev = self._head()
+                rows = []
+                first = seq + 1
+                for ev in events:
+                    seq += 1
+                    body = ev.body()
+                    h = link(prev, body)
+                    rows.append(_row(seq, ev, body, prev, h))
+                    prev = h
+                self._db.executemany(_INSERT, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise AuditError(f"audit append failed: {exc}", code="audit-write-failed") from exc
+        return list(range(first, seq + 1))
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current head (no-op without a signer or without records)."""
+        if self.signer is None:
+            return None
+        seq, head = self._head()
+        if seq == 0:
+            return None
+        cp = self.signer.sign(seq, head, time.time_ns())
+        self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+            (cp.seq, cp.hash, cp.time_ns, cp.key_id, cp.signature),
+        )
+        return cp
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        row = self._db.execute(
+            "SELECT seq, hash, time_ns, key_id, signature FROM checkpoints "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return (
+            None
+            if row is None
+            else Checkpoint(int(row[0]), bytes(row[1]), int(row[2]), str(row[3]), bytes(row[4]))
+        )
+
+    def prune(self, before_ns: int) -> int:
+        """Delete records older than `before_ns`, keeping the chain verifiable: the last pruned
+        record's (seq, hash) becomes the anchor, covered by a signed checkpoint."""
+        if self.signer is None:
+            raise AuditError(
+                "pruning needs the signing key (state directory)", code="audit-key-missing"
+            )
+        row = self._db.execute(
+            "SELECT seq, hash FROM events WHERE time_ns < ? ORDER BY seq DESC LIMIT 1", (before_ns,)
+        ).fetchone()
+        if row is None:
+            return 0
+        seq, h = int(row[0]), bytes(row[1])
+        cp = self.signer.sign(seq, h, time.time_ns())
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+            (cp.seq, cp.hash, cp.time_ns, cp.key_id, cp.signature),
+        )
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('anchor', ?)", (f"{seq}:{h.hex()}",))
+        n = self._db.execute("DELETE FROM events WHERE seq <= ?", (seq,)).rowcount
+        self._db.execute("COMMIT")
+        return int(n)
+
+    # -- reading -------------------------------------------------------------------------
+    def query(
+        self, flt: AuditFilter, *, limit: int | None = None, after_seq: int = 0
+    ) -> Iterator[StoredEvent]:
+        cond, args = where(flt)
+        cond = (cond + " AND seq > ?") if cond else " WHERE seq > ?"
+        sql = f"SELECT seq, body, hash FROM events{cond} ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        for seq, body, h in self._db.execute(sql, [*args, after_seq]):
+            yield StoredEvent(int(seq), AuditEvent.from_body(body), bytes(h))
+
+    def count(self, flt: AuditFilter) -> int:
+        cond, args = where(flt)
+        return int(self._db.execute(f"SELECT count(*) FROM events{cond}", args).fetchone()[0])
+
+    def who(self, flt: AuditFilter) -> list[WhoRow]:
+        cond, args = where(flt)
+        sql = (
+            "SELECT peer_identity, subject, workload, port, protocol, verdict, count(*), "
+            f"min(time_ns), max(time_ns) FROM events{cond} "
+            "GROUP BY peer_identity, subject, workload, port, protocol, verdict"
+        )
+        rows: dict[tuple[Any, ...], WhoRow] = {}
+        for pid, sub, wl, port, proto, verdict, n, first, last in self._db.execute(sql, args):
+            key = (pid, sub, wl, port, proto)
+            r = rows.get(key)
+            if r is None:
+                r = rows[key] = WhoRow(
+                    int(pid), sub or "", wl or "", int(port), proto or "", 0, int(first), int(last)
+                )
+            r.count += int(n)
+            r.first_ns = min(r.first_ns, int(first))
+            r.last_ns = max(r.last_ns, int(last))
+            r.verdicts[verdict] = r.verdicts.get(verdict, 0) + int(n)
+        return sorted(rows.values(), key=lambda r: (-r.last_ns, r.workload, r.port))
+
+    # -- verification --------------------------------------------------------------------
+    def verify(self, public_key: Any = None) -> VerifyReport:
+        """Walk the chain; name the first altered, inserted or missing record; check every
+        checkpoint's signature (with `public_key`, else the signer's) and that the store does
+        not end before the latest checkpoint (a truncated tail)."""
+        anchor = self._meta("anchor")
+        expect_seq, prev = (0, GENESIS)
+        if anchor:
+            anchor_seq_text, anchor_hash = anchor.split(":")
+            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hash)
+        first = expect_seq + 1
+        hashes: dict[int, bytes] = {}
+        n = 0
+        cols = ", ".join(_COLUMNS)
+        for row in self._db.execute(
+            f"SELECT seq, {cols}, body, prev_hash, hash FROM events ORDER BY seq"
+        ):
+            seq, body, stored_prev, h = int(row[0]), bytes(row[-3]), bytes(row[-2]), bytes(row[-1])
+            expect_seq += 1
+            if seq > expect_seq:
+                return self._fail(
+                    n, first, expect_seq, "missing", f"records {expect_seq}..{seq - 1} are missing"
+                )
+            if bytes(stored_prev) != prev:
+                return self._fail(
+                    n, first, seq, "inserted", "the record does not follow its predecessor"
+                )
+            if link(prev, body) != h:
+                return self._fail(n, first, seq, "altered", "the record's hash does not match")
+            try:
+                ev = AuditEvent.from_body(body)
+            except (ValueError, TypeError) as exc:
+                return self._fail(n, first, seq, "altered", f"unreadable body: {exc}")
+            for i, col in enumerate(_COLUMNS, start=1):
+                if row[i] != getattr(ev, col):
+                    return self._fail(
+                        n, first, seq, "altered", f"column {col} differs from the hashed record"
+                    )
+            prev = h
+            hashes[seq] = h
+            n += 1
+        last = expect_seq
+        key = (
+            public_key
+            if public_key is not None
+            else (self.signer.public_key if self.signer else None)
+        )
+        cps = [
+            Checkpoint(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), bytes(r[4]))
+            for r in self._db.execute(
+                "SELECT seq, hash, time_ns, key_id, signature FROM checkpoints ORDER BY seq"
+            )
+        ]
+        for cp in cps:
+            if key is not None and not verify_checkpoint(cp, key):
+                return self._fail(
+                    n,
+                    first,
+                    cp.seq,
+                    "bad-checkpoint",
+                    "a checkpoint's signature does not verify",
+                    len(cps),
+                )
+            if cp.seq > last:
+                return self._fail(
+                    n,
+                    first,
+                    cp.seq,
+                    "truncated",
+                    f"a signed checkpoint covers record {cp.seq}, the store ends at {last}",
+                    len(cps),
+                )
+            known = hashes.get(cp.seq) or (prev if cp.seq == last else None)
+            anchor_seq = first - 1
+            if cp.seq == anchor_seq and anchor:
+                known = bytes.fromhex(anchor.split(":")[1])
+            if known is not None and known != cp.hash:
+                return self._fail(
+                    n,
+                    first,
+                    cp.seq,
+                    "altered",
+                    "the chain disagrees with a signed checkpoint",
+                    len(cps),
+                )
+        return VerifyReport(True, n, len(cps), first, last)
+
+    @staticmethod
+    def _fail(
+        n: int, first: int, seq: int, problem: str, detail: str, cps: int = 0
+    ) -> VerifyReport:
+        return VerifyReport(False, n, cps, first, seq - 1, problem, seq, detail)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cport import __version__
+from cport.cli._audit import audit, who_cmd
 from cport.cli._policy import policy
 from cport.cli._query import explain_cmd, ports_cmd
 from cport.cli._token import token
@@ -20,5 +21,7 @@ main.add_command(policy)
 main.add_command(explain_cmd)
 main.add_command(ports_cmd)
 main.add_command(token)
+main.add_command(audit)
+main.add_command(who_cmd)
 
 __all__ = ["main"]

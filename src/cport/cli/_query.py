@@ -24,6 +24,7 @@ from cport.engine import Endpoint, Flow, compile_table, explain, ports_report, r
 from cport.engine._explain import DirectionReport, Explanation
 from cport.engine._report import DirectionPorts
 from cport.errors import FlowError
+from cport.identity import VerifiedIdentity
 from cport.model import PROTO_NUMBERS
 
 _COLOURS = {"allowed": "green", "denied": "red", "audit": "yellow", "auth-required": "magenta"}
@@ -111,6 +112,11 @@ def print_explanation(exp: Explanation) -> None:
 )
 @click.option("--to", "dst", required=True, help="Destination, same forms as --from.")
 @click.option("--port", "port", required=True, help="Destination port, N or N/PROTO (TCP).")
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Also write this decision to the audit store (STATE_DIR/audit.db, default .cport).",
+)
 @output_option
 @handle_errors
 def explain_cmd(
@@ -123,6 +129,7 @@ def explain_cmd(
     src: str,
     dst: str,
     port: str,
+    record: bool,
     output: str,
 ) -> None:
     """Explain whether SRC may reach DST on PORT, and which policies decide it.
@@ -155,6 +162,8 @@ def explain_cmd(
     exp = explain(
         table, Flow(s.identity, d.identity, proto, port_num, credential is not None), s, d
     )
+    if record:
+        _record(exp, credential, state_dir or Path(".cport"))
     if output == "json":
         out = exp.to_json()
         if credential is not None:
@@ -164,6 +173,16 @@ def explain_cmd(
         print_explanation(exp)
     if exp.verdict == "denied":
         raise SystemExit(EXIT_FAIL)
+
+
+def _record(exp: Explanation, credential: VerifiedIdentity | None, state_dir: Path) -> None:
+    from cport.audit import Signer, SQLiteStore, event_from_explanation
+
+    store = SQLiteStore(state_dir / "audit.db", Signer.load_or_create(state_dir))
+    try:
+        store.append([event_from_explanation(exp, enforcer="cli", credential=credential)])
+    finally:
+        store.close()
 
 
 def _print_ports(title: str, dp: DirectionPorts) -> None:

@@ -10,6 +10,7 @@ from cport.audit._chain import GENESIS, Checkpoint, Signer, link, verify_checkpo
 from cport.audit._event import SCHEMA_VERSION, AuditEvent, PolicyRef
 from cport.audit._from_engine import event_from_explanation
 from cport.audit._metrics import AuditMetrics
+from cport.audit._postgres import PostgresStore
 from cport.audit._sqlite import SQLiteStore
 from cport.audit._store import AuditFilter, Store, StoredEvent, VerifyReport, WhoRow
 from cport.audit._writer import AuditWriter
@@ -23,6 +24,7 @@ __all__ = [
     "AuditWriter",
     "Checkpoint",
     "PolicyRef",
+    "PostgresStore",
     "SQLiteStore",
     "Signer",
     "Store",

@@ -56,10 +56,21 @@ class AuditEvent:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        """The canonical encoding the hash chain covers."""
-        doc = asdict(self)
-        doc["v"] = SCHEMA_VERSION
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        """The canonical encoding the hash chain covers: JSON, keys sorted at every level,
+        no spaces, UTF-8. Built field by field: ``asdict`` costs ~40 µs an event."""
+        doc: dict[str, Any] = {
+            name: SCHEMA_VERSION if name == "v" else getattr(self, name) for name in _SORTED_KEYS
+        }
+        doc["policies"] = [
+            {"kind": p.kind, "name": p.name, "namespace": p.namespace, "revision": p.revision}
+            for p in self.policies
+        ]
+        if self.extra:  # arbitrary nesting: let json sort every level
+            return json.dumps(
+                doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        # Keys are already in sorted order: no sorting pass needed.
+        return _ENCODER.encode(doc).encode()
 
     @classmethod
     def from_body(cls, body: bytes | str) -> AuditEvent:
@@ -71,8 +82,18 @@ class AuditEvent:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in known})
 
+    def policies_column(self) -> str:
+        """The indexed form of `policies`: a JSON list of ``kind/namespace/name``."""
+        return json.dumps(
+            [f"{p.kind}/{p.namespace}/{p.name}" for p in self.policies], ensure_ascii=False
+        )
+
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["policies"] = [asdict(p) for p in self.policies]
         doc["peer_labels"] = list(self.peer_labels)
         return doc
+
+
+_SORTED_KEYS = tuple(sorted([*(f.name for f in fields(AuditEvent)), "v"]))
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

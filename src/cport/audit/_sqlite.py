@@ -2,23 +2,39 @@
 
 Appends run in one ``BEGIN IMMEDIATE`` transaction per batch (the chain head is read inside
 it, so two writers never fork the chain) and return only after COMMIT; with
-``synchronous=FULL`` in WAL mode a committed batch survives a crash or power loss.
+``synchronous=FULL`` in WAL mode a committed batch survives a crash or power loss. One
+connection is shared by the writer thread and readers, under a lock.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cport.audit._chain import GENESIS, Checkpoint, Signer, link, verify_checkpoint
 from cport.audit._event import AuditEvent
 from cport.audit._store import AuditFilter, StoredEvent, VerifyReport, WhoRow
 from cport.errors import AuditError
 
+T = TypeVar("T")
+_INT_COLUMNS = frozenset(
+    {
+        "time_ns",
+        "src_port",
+        "dst_port",
+        "peer_identity",
+        "port",
+        "table_revision",
+        "bytes_in",
+        "bytes_out",
+        "duration_ns",
+    }
+)
 _COLUMNS = (
     "time_ns",
     "kind",
@@ -48,29 +64,7 @@ _COLUMNS = (
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
-    {
-    ", ".join(
-        c
-        + " "
-        + (
-            "INTEGER"
-            if c
-            in (
-                "time_ns",
-                "src_port",
-                "dst_port",
-                "peer_identity",
-                "port",
-                "table_revision",
-                "bytes_in",
-                "bytes_out",
-                "duration_ns",
-            )
-            else "TEXT"
-        )
-        for c in _COLUMNS
-    )
-},
+    {", ".join(c + (" INTEGER" if c in _INT_COLUMNS else " TEXT") for c in _COLUMNS)},
     policies TEXT NOT NULL,
     body BLOB NOT NULL,
     prev_hash BLOB NOT NULL,
@@ -90,15 +84,18 @@ _INSERT = (
     f"INSERT INTO events (seq, {', '.join(_COLUMNS)}, policies, body, prev_hash, hash) "
     f"VALUES ({', '.join('?' * (len(_COLUMNS) + 5))})"
 )
+_CHECKPOINT = "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)"
 
 
 def _row(seq: int, ev: AuditEvent, body: bytes, prev: bytes, h: bytes) -> tuple[Any, ...]:
-    pols = json.dumps([f"{p.kind}/{p.namespace}/{p.name}" for p in ev.policies])
-    return (seq, *(getattr(ev, c) for c in _COLUMNS), pols, body, prev, h)
+    return (seq, *(getattr(ev, c) for c in _COLUMNS), ev.policies_column(), body, prev, h)
 
 
-def where(flt: AuditFilter, placeholder: str = "?") -> tuple[str, list[Any]]:
-    """SQL conditions for a filter (shared with the PostgreSQL store)."""
+def where(
+    flt: AuditFilter, placeholder: str = "?", contains: str = "instr(policies, {ph}) > 0"
+) -> tuple[str, list[Any]]:
+    """SQL conditions for a filter (shared with the PostgreSQL store, which passes its own
+    placeholder and substring function)."""
     conds: list[str] = []
     args: list[Any] = []
     for col, op, value in (
@@ -116,9 +113,10 @@ def where(flt: AuditFilter, placeholder: str = "?") -> tuple[str, list[Any]]:
             conds.append(f"{col} {op} {placeholder}")
             args.append(value)
     if flt.policy is not None:
-        conds.append(f"policies LIKE {placeholder}")
-        name = flt.policy.replace("%", "").replace("_", r"\_")
-        args.append(f'%/{name}"%' if "/" not in name else f'%{name}"%')
+        # The column is a JSON list of "kind/namespace/name": match the end of an element
+        # exactly, by plain substring (no pattern characters to escape).
+        conds.append(contains.format(ph=placeholder))
+        args.append(json.dumps("/" + flt.policy, ensure_ascii=False)[1:])
     return (" WHERE " + " AND ".join(conds)) if conds else "", args
 
 
@@ -128,6 +126,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path, signer: Signer | None = None) -> None:
         self.path = str(path)
         self.signer = signer
+        self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -139,7 +138,27 @@ class SQLiteStore:
             ) from exc
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
+
+    def _run(self, what: str, code: str, fn: Callable[[], T], *, write: bool = False) -> T:
+        """Run `fn` under the lock (in one IMMEDIATE transaction when writing), mapping
+        SQLite errors to AuditError and never leaving a transaction open."""
+        with self._lock:
+            try:
+                if write:
+                    self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn()
+                    if write:
+                        self._db.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise AuditError(f"audit {what} failed: {exc}", code=code) from exc
 
     # -- writing -------------------------------------------------------------------------
     def _head(self) -> tuple[int, bytes]:
@@ -160,91 +179,110 @@ class SQLiteStore:
         """Append `events` durably; returns their sequence numbers."""
         if not events:
             return []
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq, prev = self._head()
-                rows = []
-                first = seq + 1
-                for ev in events:
-                    seq += 1
-                    body = ev.body()
-                    h = link(prev, body)
-                    rows.append(_row(seq, ev, body, prev, h))
-                    prev = h
-                self._db.executemany(_INSERT, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise AuditError(f"audit append failed: {exc}", code="audit-write-failed") from exc
-        return list(range(first, seq + 1))
+
+        def write() -> list[int]:
+            seq, prev = self._head()
+            first = seq + 1
+            rows = []
+            for ev in events:
+                seq += 1
+                body = ev.body()
+                h = link(prev, body)
+                rows.append(_row(seq, ev, body, prev, h))
+                prev = h
+            self._db.executemany(_INSERT, rows)
+            return list(range(first, seq + 1))
+
+        return self._run("append", "audit-write-failed", write, write=True)
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign the current head (no-op without a signer or without records)."""
-        if self.signer is None:
+        signer = self.signer
+        if signer is None:
             return None
-        seq, head = self._head()
-        if seq == 0:
-            return None
-        cp = self.signer.sign(seq, head, time.time_ns())
-        self._db.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-            (cp.seq, cp.hash, cp.time_ns, cp.key_id, cp.signature),
-        )
-        return cp
+
+        def write() -> Checkpoint | None:
+            seq, head = self._head()
+            if seq == 0:
+                return None
+            cp = signer.sign(seq, head, time.time_ns())
+            self._db.execute(_CHECKPOINT, (cp.seq, cp.hash, cp.time_ns, cp.key_id, cp.signature))
+            return cp
+
+        return self._run("checkpoint", "audit-write-failed", write, write=True)
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        row = self._db.execute(
-            "SELECT seq, hash, time_ns, key_id, signature FROM checkpoints "
-            "ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        return (
-            None
-            if row is None
-            else Checkpoint(int(row[0]), bytes(row[1]), int(row[2]), str(row[3]), bytes(row[4]))
-        )
+        def read() -> Checkpoint | None:
+            row = self._db.execute(
+                "SELECT seq, hash, time_ns, key_id, signature FROM "
+                "checkpoints ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            return (
+                None
+                if row is None
+                else Checkpoint(int(row[0]), bytes(row[1]), int(row[2]), str(row[3]), bytes(row[4]))
+            )
+
+        return self._run("read", "audit-store-unavailable", read)
 
     def prune(self, before_ns: int) -> int:
         """Delete records older than `before_ns`, keeping the chain verifiable: the last pruned
         record's (seq, hash) becomes the anchor, covered by a signed checkpoint."""
-        if self.signer is None:
+        signer = self.signer
+        if signer is None:
             raise AuditError(
                 "pruning needs the signing key (state directory)", code="audit-key-missing"
             )
-        row = self._db.execute(
-            "SELECT seq, hash FROM events WHERE time_ns < ? ORDER BY seq DESC LIMIT 1", (before_ns,)
-        ).fetchone()
-        if row is None:
-            return 0
-        seq, h = int(row[0]), bytes(row[1])
-        cp = self.signer.sign(seq, h, time.time_ns())
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-            (cp.seq, cp.hash, cp.time_ns, cp.key_id, cp.signature),
-        )
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('anchor', ?)", (f"{seq}:{h.hex()}",))
-        n = self._db.execute("DELETE FROM events WHERE seq <= ?", (seq,)).rowcount
-        self._db.execute("COMMIT")
-        return int(n)
+
+        def write() -> int:
+            row = self._db.execute(
+                "SELECT seq, hash FROM events WHERE time_ns < ? ORDER BY seq DESC LIMIT 1",
+                (before_ns,),
+            ).fetchone()
+            if row is None:
+                return 0
+            seq, h = int(row[0]), bytes(row[1])
+            cp = signer.sign(seq, h, time.time_ns())
+            self._db.execute(_CHECKPOINT, (cp.seq, cp.hash, cp.time_ns, cp.key_id, cp.signature))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('anchor', ?)", (f"{seq}:{h.hex()}",)
+            )
+            return int(self._db.execute("DELETE FROM events WHERE seq <= ?", (seq,)).rowcount)
+
+        return self._run("prune", "audit-write-failed", write, write=True)
 
     # -- reading -------------------------------------------------------------------------
     def query(
         self, flt: AuditFilter, *, limit: int | None = None, after_seq: int = 0
     ) -> Iterator[StoredEvent]:
+        """Matching events, oldest first, fetched in pages so a slow reader holds no lock."""
         cond, args = where(flt)
         cond = (cond + " AND seq > ?") if cond else " WHERE seq > ?"
-        sql = f"SELECT seq, body, hash FROM events{cond} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        for seq, body, h in self._db.execute(sql, [*args, after_seq]):
-            yield StoredEvent(int(seq), AuditEvent.from_body(body), bytes(h))
+        sql = f"SELECT seq, body, hash FROM events{cond} ORDER BY seq LIMIT ?"
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page = 1000 if remaining is None else min(1000, remaining)
+            page_args = [*args, after_seq, page]
+
+            def fetch(a: list[Any] = page_args) -> list[Any]:
+                return self._db.execute(sql, a).fetchall()
+
+            rows = self._run("query", "audit-store-unavailable", fetch)
+            for seq, body, h in rows:
+                yield StoredEvent(int(seq), AuditEvent.from_body(body), bytes(h))
+            if len(rows) < page:
+                return
+            after_seq = int(rows[-1][0])
+            if remaining is not None:
+                remaining -= len(rows)
 
     def count(self, flt: AuditFilter) -> int:
         cond, args = where(flt)
-        return int(self._db.execute(f"SELECT count(*) FROM events{cond}", args).fetchone()[0])
+        return self._run(
+            "count",
+            "audit-store-unavailable",
+            lambda: int(self._db.execute(f"SELECT count(*) FROM events{cond}", args).fetchone()[0]),
+        )
 
     def who(self, flt: AuditFilter) -> list[WhoRow]:
         cond, args = where(flt)
@@ -253,8 +291,11 @@ class SQLiteStore:
             f"min(time_ns), max(time_ns) FROM events{cond} "
             "GROUP BY peer_identity, subject, workload, port, protocol, verdict"
         )
+        raw = self._run(
+            "query", "audit-store-unavailable", lambda: self._db.execute(sql, args).fetchall()
+        )
         rows: dict[tuple[Any, ...], WhoRow] = {}
-        for pid, sub, wl, port, proto, verdict, n, first, last in self._db.execute(sql, args):
+        for pid, sub, wl, port, proto, verdict, n, first, last in raw:
             key = (pid, sub, wl, port, proto)
             r = rows.get(key)
             if r is None:
@@ -271,42 +312,70 @@ class SQLiteStore:
     def verify(self, public_key: Any = None) -> VerifyReport:
         """Walk the chain; name the first altered, inserted or missing record; check every
         checkpoint's signature (with `public_key`, else the signer's) and that the store does
-        not end before the latest checkpoint (a truncated tail)."""
+        not end before the latest checkpoint (a truncated tail). One read snapshot."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    return self._verify(public_key)
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise AuditError(
+                    f"audit verify failed: {exc}", code="audit-store-unavailable"
+                ) from exc
+
+    def _verify(self, public_key: Any) -> VerifyReport:
         anchor = self._meta("anchor")
-        expect_seq, prev = (0, GENESIS)
+        expect_seq, prev = 0, GENESIS
+        anchor_hash: bytes | None = None
         if anchor:
-            anchor_seq_text, anchor_hash = anchor.split(":")
-            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hash)
+            anchor_seq_text, anchor_hex = anchor.split(":")
+            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hex)
+            anchor_hash = prev
         first = expect_seq + 1
-        hashes: dict[int, bytes] = {}
+        cps = [
+            Checkpoint(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), bytes(r[4]))
+            for r in self._db.execute(
+                "SELECT seq, hash, time_ns, key_id, signature FROM checkpoints ORDER BY seq"
+            )
+        ]
+        wanted = {cp.seq for cp in cps}
+        hashes: dict[int, bytes] = {}  # only at checkpointed records: memory stays flat
         n = 0
         cols = ", ".join(_COLUMNS)
+        pol_index = len(_COLUMNS) + 1
         for row in self._db.execute(
-            f"SELECT seq, {cols}, body, prev_hash, hash FROM events ORDER BY seq"
+            f"SELECT seq, {cols}, policies, body, prev_hash, hash FROM events ORDER BY seq"
         ):
             seq, body, stored_prev, h = int(row[0]), bytes(row[-3]), bytes(row[-2]), bytes(row[-1])
             expect_seq += 1
             if seq > expect_seq:
-                return self._fail(
+                return _fail(
                     n, first, expect_seq, "missing", f"records {expect_seq}..{seq - 1} are missing"
                 )
-            if bytes(stored_prev) != prev:
-                return self._fail(
+            if stored_prev != prev:
+                return _fail(
                     n, first, seq, "inserted", "the record does not follow its predecessor"
                 )
             if link(prev, body) != h:
-                return self._fail(n, first, seq, "altered", "the record's hash does not match")
+                return _fail(n, first, seq, "altered", "the record's hash does not match")
             try:
                 ev = AuditEvent.from_body(body)
             except (ValueError, TypeError) as exc:
-                return self._fail(n, first, seq, "altered", f"unreadable body: {exc}")
+                return _fail(n, first, seq, "altered", f"unreadable body: {exc}")
             for i, col in enumerate(_COLUMNS, start=1):
                 if row[i] != getattr(ev, col):
-                    return self._fail(
+                    return _fail(
                         n, first, seq, "altered", f"column {col} differs from the hashed record"
                     )
+            if row[pol_index] != ev.policies_column():
+                return _fail(
+                    n, first, seq, "altered", "column policies differs from the hashed record"
+                )
             prev = h
-            hashes[seq] = h
+            if seq in wanted:
+                hashes[seq] = h
             n += 1
         last = expect_seq
         key = (
@@ -314,15 +383,9 @@ class SQLiteStore:
             if public_key is not None
             else (self.signer.public_key if self.signer else None)
         )
-        cps = [
-            Checkpoint(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), bytes(r[4]))
-            for r in self._db.execute(
-                "SELECT seq, hash, time_ns, key_id, signature FROM checkpoints ORDER BY seq"
-            )
-        ]
         for cp in cps:
             if key is not None and not verify_checkpoint(cp, key):
-                return self._fail(
+                return _fail(
                     n,
                     first,
                     cp.seq,
@@ -331,7 +394,7 @@ class SQLiteStore:
                     len(cps),
                 )
             if cp.seq > last:
-                return self._fail(
+                return _fail(
                     n,
                     first,
                     cp.seq,
@@ -339,12 +402,11 @@ class SQLiteStore:
                     f"a signed checkpoint covers record {cp.seq}, the store ends at {last}",
                     len(cps),
                 )
-            known = hashes.get(cp.seq) or (prev if cp.seq == last else None)
-            anchor_seq = first - 1
-            if cp.seq == anchor_seq and anchor:
-                known = bytes.fromhex(anchor.split(":")[1])
+            known = hashes.get(cp.seq)
+            if cp.seq == first - 1 and anchor_hash is not None:
+                known = anchor_hash
             if known is not None and known != cp.hash:
-                return self._fail(
+                return _fail(
                     n,
                     first,
                     cp.seq,
@@ -354,8 +416,6 @@ class SQLiteStore:
                 )
         return VerifyReport(True, n, len(cps), first, last)
 
-    @staticmethod
-    def _fail(
-        n: int, first: int, seq: int, problem: str, detail: str, cps: int = 0
-    ) -> VerifyReport:
-        return VerifyReport(False, n, cps, first, seq - 1, problem, seq, detail)
+
+def _fail(n: int, first: int, seq: int, problem: str, detail: str, cps: int = 0) -> VerifyReport:
+    return VerifyReport(False, n, cps, first, seq - 1, problem, seq, detail)

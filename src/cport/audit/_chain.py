@@ -65,6 +65,13 @@ class Signer:
         self.key_id = hashlib.sha256(raw).hexdigest()[:16]
 
     @classmethod
+    def load(cls, state_dir: Path) -> Signer | None:
+        """The existing key, or None: read-only commands never create one."""
+        if not (state_dir / "audit-signing.key").exists():
+            return None
+        return cls.load_or_create(state_dir)
+
+    @classmethod
     def load_or_create(cls, state_dir: Path) -> Signer:
         path = state_dir / "audit-signing.key"
         try:

@@ -26,10 +26,16 @@ import psycopg
 from psycopg import IsolationLevel
 from psycopg.conninfo import conninfo_to_dict
 
-from cport.audit._chain import GENESIS, Checkpoint, Signer, link, verify_checkpoint
+from cport.audit._chain import GENESIS, Checkpoint, Signer, link
 from cport.audit._event import AuditEvent
 from cport.audit._sqlite import _COLUMNS, where
-from cport.audit._store import AuditFilter, StoredEvent, VerifyReport, WhoRow
+from cport.audit._store import (
+    AuditFilter,
+    StoredEvent,
+    VerifyReport,
+    WhoRow,
+    check_checkpoints,
+)
 from cport.errors import AuditError
 
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,40}")
@@ -400,8 +406,8 @@ class PostgresStore:
         anchor = self._meta(conn, "anchor")
         expect_seq, prev = (0, GENESIS)
         if anchor:
-            anchor_seq_text, anchor_hash = anchor.split(":")
-            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hash)
+            anchor_seq_text, anchor_hex = anchor.split(":")
+            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hex)
         first = expect_seq + 1
         cps = [
             Checkpoint(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), bytes(r[4]))
@@ -461,33 +467,21 @@ class PostgresStore:
                 if seq in wanted:
                     hashes[seq] = h
                 n += 1
-        last = expect_seq
         key = (
             public_key
             if public_key is not None
             else (self.signer.public_key if self.signer else None)
         )
-        for cp in cps:
-            if key is not None and not verify_checkpoint(cp, key):
-                return self._fail(
-                    n, first, cp.seq, "bad-checkpoint",
-                    "a checkpoint's signature does not verify", len(cps),
-                )  # fmt: skip
-            if cp.seq > last:
-                return self._fail(
-                    n, first, cp.seq, "truncated",
-                    f"a signed checkpoint covers record {cp.seq}, the store ends at {last}",
-                    len(cps),
-                )  # fmt: skip
-            known = hashes.get(cp.seq) or (prev if cp.seq == last else None)
-            if cp.seq == first - 1 and anchor:
-                known = bytes.fromhex(anchor.split(":")[1])
-            if known is not None and known != cp.hash:
-                return self._fail(
-                    n, first, cp.seq, "altered",
-                    "the chain disagrees with a signed checkpoint", len(cps),
-                )  # fmt: skip
-        return VerifyReport(True, n, len(cps), first, last)
+        anchor_bytes = bytes.fromhex(anchor.split(":")[1]) if anchor else None
+        return check_checkpoints(
+            cps,
+            hashes,
+            records=n,
+            first=first,
+            last=expect_seq,
+            anchor_hash=anchor_bytes,
+            public_key=key,
+        )
 
     @staticmethod
     def _fail(

@@ -16,9 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cport.audit._chain import GENESIS, Checkpoint, Signer, link, verify_checkpoint
+from cport.audit._chain import GENESIS, Checkpoint, Signer, link
 from cport.audit._event import AuditEvent
-from cport.audit._store import AuditFilter, StoredEvent, VerifyReport, WhoRow
+from cport.audit._store import (
+    AuditFilter,
+    StoredEvent,
+    VerifyReport,
+    WhoRow,
+    check_checkpoints,
+)
 from cport.errors import AuditError
 
 T = TypeVar("T")
@@ -91,6 +97,14 @@ def _row(seq: int, ev: AuditEvent, body: bytes, prev: bytes, h: bytes) -> tuple[
     return (seq, *(getattr(ev, c) for c in _COLUMNS), ev.policies_column(), body, prev, h)
 
 
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def _clamp(ns: int | None) -> int | None:
+    """Times beyond a 64-bit column mean "before/after everything", not an overflow."""
+    return None if ns is None else max(_I64[0], min(_I64[1], ns))
+
+
 def where(
     flt: AuditFilter, placeholder: str = "?", contains: str = "instr(policies, {ph}) > 0"
 ) -> tuple[str, list[Any]]:
@@ -99,8 +113,8 @@ def where(
     conds: list[str] = []
     args: list[Any] = []
     for col, op, value in (
-        ("time_ns", ">=", flt.since_ns),
-        ("time_ns", "<", flt.until_ns),
+        ("time_ns", ">=", _clamp(flt.since_ns)),
+        ("time_ns", "<", _clamp(flt.until_ns)),
         ("verdict", "=", flt.verdict),
         ("reason", "=", flt.reason),
         ("workload", "=", flt.workload),
@@ -377,44 +391,20 @@ class SQLiteStore:
             if seq in wanted:
                 hashes[seq] = h
             n += 1
-        last = expect_seq
         key = (
             public_key
             if public_key is not None
             else (self.signer.public_key if self.signer else None)
         )
-        for cp in cps:
-            if key is not None and not verify_checkpoint(cp, key):
-                return _fail(
-                    n,
-                    first,
-                    cp.seq,
-                    "bad-checkpoint",
-                    "a checkpoint's signature does not verify",
-                    len(cps),
-                )
-            if cp.seq > last:
-                return _fail(
-                    n,
-                    first,
-                    cp.seq,
-                    "truncated",
-                    f"a signed checkpoint covers record {cp.seq}, the store ends at {last}",
-                    len(cps),
-                )
-            known = hashes.get(cp.seq)
-            if cp.seq == first - 1 and anchor_hash is not None:
-                known = anchor_hash
-            if known is not None and known != cp.hash:
-                return _fail(
-                    n,
-                    first,
-                    cp.seq,
-                    "altered",
-                    "the chain disagrees with a signed checkpoint",
-                    len(cps),
-                )
-        return VerifyReport(True, n, len(cps), first, last)
+        return check_checkpoints(
+            cps,
+            hashes,
+            records=n,
+            first=first,
+            last=expect_seq,
+            anchor_hash=anchor_hash,
+            public_key=key,
+        )
 
 
 def _fail(n: int, first: int, seq: int, problem: str, detail: str, cps: int = 0) -> VerifyReport:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from cport.audit._chain import Checkpoint
+from cport.audit._chain import Checkpoint, verify_checkpoint
 from cport.audit._event import AuditEvent
 
 
@@ -85,6 +85,74 @@ class VerifyReport:
             "seq": self.seq,
             "detail": self.detail,
         }
+
+
+def check_checkpoints(
+    cps: Sequence[Checkpoint],
+    hashes: dict[int, bytes],
+    *,
+    records: int,
+    first: int,
+    last: int,
+    anchor_hash: bytes | None,
+    public_key: Any,
+) -> VerifyReport:
+    """The end of every store's verify: each checkpoint is signed by the expected key, the
+    store does not end before it (a truncated tail) and the chain agrees with it. `hashes`
+    holds the chain's hash at each checkpointed record seen. Checkpoints with no key to check
+    them are a failure, not skipped."""
+    for cp in cps:
+        if public_key is None:
+            return VerifyReport(
+                False,
+                records,
+                len(cps),
+                first,
+                last,
+                "bad-checkpoint",
+                cp.seq,
+                "no public key to check the signed checkpoints "
+                "(pass --public-key or the state directory)",
+            )
+        if not verify_checkpoint(cp, public_key):
+            return VerifyReport(
+                False,
+                records,
+                len(cps),
+                first,
+                last,
+                "bad-checkpoint",
+                cp.seq,
+                "a checkpoint's signature does not verify",
+            )
+        if cp.seq > last:
+            return VerifyReport(
+                False,
+                records,
+                len(cps),
+                first,
+                last,
+                "truncated",
+                cp.seq,
+                f"a signed checkpoint covers record {cp.seq}, the store ends at {last}",
+            )
+        known = (
+            anchor_hash
+            if (cp.seq == first - 1 and anchor_hash is not None)
+            else (hashes.get(cp.seq))
+        )
+        if known is not None and known != cp.hash:
+            return VerifyReport(
+                False,
+                records,
+                len(cps),
+                first,
+                last,
+                "altered",
+                cp.seq,
+                "the chain disagrees with a signed checkpoint",
+            )
+    return VerifyReport(True, records, len(cps), first, last)
 
 
 class Store(Protocol):

@@ -38,15 +38,17 @@ class AuditWriter:
         self.metrics = metrics
         self._queue: queue.Queue[object] = queue.Queue(max_queue)
         self._closed = False
+        self._state = threading.Lock()  # submit and close never interleave
         self._thread = threading.Thread(target=self._run, name="cport-audit-writer", daemon=True)
         self._thread.start()
 
     def submit(self, event: AuditEvent) -> Future[int]:
         """Queue `event`; the future gives its sequence number once committed."""
-        if self._closed:
-            raise AuditError("the audit writer is closed", code="audit-closed")
         fut: Future[int] = Future()
-        self._queue.put((event, fut))
+        with self._state:
+            if self._closed:
+                raise AuditError("the audit writer is closed", code="audit-closed")
+            self._queue.put((event, fut))
         if self.metrics is not None:
             self.metrics.queue_depth.set(self._queue.qsize())
         return fut
@@ -57,10 +59,11 @@ class AuditWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Commit everything queued, then stop the writer thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join(timeout)
 
     def _run(self) -> None:

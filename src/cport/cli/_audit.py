@@ -82,9 +82,18 @@ def _iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def open_store(store: str | None, state_dir: Path) -> Store:
-    """The audit store: ``postgresql://…`` or a SQLite file (default STATE_DIR/audit.db)."""
-    signer = Signer.load_or_create(state_dir)
+def open_store(store: str | None, state_dir: Path, *, signing: bool = False) -> Store:
+    """The audit store: ``postgresql://…`` or a SQLite file (default STATE_DIR/audit.db).
+    Only `signing` commands (checkpoint) may create the state directory's key; the others
+    use it if it exists."""
+    if not (store and store.startswith(("postgresql://", "postgres://"))):
+        path = Path(store) if store else state_dir / "audit.db"
+        if not path.exists():
+            raise AuditError(
+                f"no audit store at {path} (pass --store or --state-dir)",
+                code="audit-store-unavailable",
+            )
+    signer = Signer.load_or_create(state_dir) if signing else Signer.load(state_dir)
     if store and store.startswith(("postgresql://", "postgres://")):
         import importlib
 
@@ -172,9 +181,21 @@ def verify(store: str | None, state_dir: Path, public_key: str | None, output: s
     st = open_store(store, state_dir)
     key = None
     if public_key:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-        key = load_pem_public_key(Path(public_key).read_bytes())
+        try:
+            key = load_pem_public_key(Path(public_key).read_bytes())
+        except (ValueError, TypeError, OSError) as exc:
+            raise AuditError(
+                f"{public_key}: not a PEM public key ({exc})", code="audit-key-invalid"
+            ) from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise AuditError(
+                f"{public_key}: checkpoints are signed with Ed25519; this is "
+                f"a {type(key).__name__}",
+                code="audit-key-invalid",
+            )
     report = st.verify(key) if key is not None else st.verify()  # type: ignore[call-arg]
     if output == "json":
         emit_json(report.to_json())
@@ -206,7 +227,7 @@ def verify(store: str | None, state_dir: Path, public_key: str | None, output: s
 @handle_errors
 def checkpoint(store: str | None, state_dir: Path, export_: bool, output: str) -> None:
     """Sign the current head of the chain (and with --export print it)."""
-    st = open_store(store, state_dir)
+    st = open_store(store, state_dir, signing=True)
     cp = st.checkpoint()
     if cp is None:
         raise AuditError("nothing to checkpoint: the store is empty", code="audit-empty")

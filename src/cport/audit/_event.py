@@ -79,14 +79,15 @@ class AuditEvent:
             raise ValueError("unknown audit schema version")
         doc["peer_labels"] = tuple(doc.get("peer_labels", ()))
         doc["policies"] = tuple(PolicyRef(**p) for p in doc.get("policies", ()))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        if not doc.keys() <= _FIELD_NAMES:  # written by a newer version: keep what we know
+            doc = {k: v for k, v in doc.items() if k in _FIELD_NAMES}
+        return cls(**doc)
 
     def policies_column(self) -> str:
         """The indexed form of `policies`: a JSON list of ``kind/namespace/name``."""
-        return json.dumps(
-            [f"{p.kind}/{p.namespace}/{p.name}" for p in self.policies], ensure_ascii=False
-        )
+        if not self.policies:
+            return "[]"
+        return _ENCODER_SPACED.encode([f"{p.kind}/{p.namespace}/{p.name}" for p in self.policies])
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -95,5 +96,7 @@ class AuditEvent:
         return doc
 
 
+_FIELD_NAMES = frozenset(f.name for f in fields(AuditEvent))
 _SORTED_KEYS = tuple(sorted([*(f.name for f in fields(AuditEvent)), "v"]))
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODER_SPACED = json.JSONEncoder(ensure_ascii=False)  # json.dumps' default separators

@@ -79,9 +79,11 @@ def _schema(p: str) -> list[str]:
 )""",
         f"CREATE INDEX IF NOT EXISTS {p}events_workload_port "
         f"ON {p}events (workload, port, time_ns)",
-        f"CREATE INDEX IF NOT EXISTS {p}events_peer ON {p}events (peer_identity, time_ns)",
+        f"DROP INDEX IF EXISTS {p}events_peer",
+        f"DROP INDEX IF EXISTS {p}events_verdict",
+        f"CREATE INDEX IF NOT EXISTS {p}events_peer_verdict "
+        f"ON {p}events (peer_identity, verdict, seq)",
         f"CREATE INDEX IF NOT EXISTS {p}events_time ON {p}events (time_ns)",
-        f"CREATE INDEX IF NOT EXISTS {p}events_verdict ON {p}events (verdict, time_ns)",
         f"""CREATE TABLE IF NOT EXISTS {p}checkpoints (
     seq bigint PRIMARY KEY, hash bytea NOT NULL, time_ns bigint NOT NULL,
     key_id text NOT NULL, signature bytea NOT NULL

@@ -8,6 +8,7 @@ connection is shared by the writer thread and readers, under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import sqlite3
@@ -78,9 +79,10 @@ CREATE TABLE IF NOT EXISTS events (
     hash BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_workload_port ON events (workload, port, time_ns);
-CREATE INDEX IF NOT EXISTS events_peer ON events (peer_identity, time_ns);
+DROP INDEX IF EXISTS events_peer;
+DROP INDEX IF EXISTS events_verdict;
+CREATE INDEX IF NOT EXISTS events_peer_verdict ON events (peer_identity, verdict, seq);
 CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
-CREATE INDEX IF NOT EXISTS events_verdict ON events (verdict, time_ns);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time_ns INTEGER NOT NULL,
     key_id TEXT NOT NULL, signature BLOB NOT NULL
@@ -154,7 +156,9 @@ class SQLiteStore:
             # Keep planner statistics current (bounded work): without them SQLite may pick
             # the verdict index for a peer query and scan a million rows.
             self._db.execute("PRAGMA analysis_limit=1000")
-            self._db.execute("ANALYZE")
+            # A read-only file, or another writer holding it: the statistics can wait.
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._db.execute("ANALYZE")
         except sqlite3.Error as exc:
             raise AuditError(
                 f"cannot open audit store {self.path}: {exc}", code="audit-store-unavailable"
@@ -283,26 +287,38 @@ class SQLiteStore:
     def query(
         self, flt: AuditFilter, *, limit: int | None = None, after_seq: int = 0
     ) -> Iterator[StoredEvent]:
-        """Matching events, oldest first, fetched in pages so a slow reader holds no lock."""
+        """Matching events, oldest first. On a file, one statement on a read-only connection
+        of its own (a WAL snapshot): a slow reader holds no lock and blocks no writer."""
         cond, args = where(flt)
         cond = (cond + " AND seq > ?") if cond else " WHERE seq > ?"
-        sql = f"SELECT seq, body, hash FROM events{cond} ORDER BY seq LIMIT ?"
-        remaining = limit
-        while remaining is None or remaining > 0:
-            page = 1000 if remaining is None else min(1000, remaining)
-            page_args = [*args, after_seq, page]
-
-            def fetch(a: list[Any] = page_args) -> list[Any]:
-                return self._db.execute(sql, a).fetchall()
-
-            rows = self._run("query", "audit-store-unavailable", fetch)
+        sql = f"SELECT seq, body, hash FROM events{cond} ORDER BY seq"
+        params: list[Any] = [*args, after_seq]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        if self.path == ":memory:":
+            rows = self._run(
+                "query", "audit-store-unavailable", lambda: self._db.execute(sql, params).fetchall()
+            )
             for seq, body, h in rows:
                 yield StoredEvent(int(seq), AuditEvent.from_body(body), bytes(h))
-            if len(rows) < page:
-                return
-            after_seq = int(rows[-1][0])
-            if remaining is not None:
-                remaining -= len(rows)
+            return
+        try:
+            reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise AuditError(f"audit query failed: {exc}", code="audit-store-unavailable") from exc
+        try:
+            cursor = reader.execute(sql, params)
+            while True:
+                batch = cursor.fetchmany(1000)
+                for seq, body, h in batch:
+                    yield StoredEvent(int(seq), AuditEvent.from_body(body), bytes(h))
+                if len(batch) < 1000:
+                    return
+        except sqlite3.Error as exc:
+            raise AuditError(f"audit query failed: {exc}", code="audit-store-unavailable") from exc
+        finally:
+            reader.close()
 
     def count(self, flt: AuditFilter) -> int:
         cond, args = where(flt)

@@ -83,7 +83,7 @@ def make_event(seq: int) -> AuditEvent:
         reason="no-matching-rule" if denied else "policy-allowed",
         src_ip=f"10.0.{k // 256 % 256}.{k % 256}",
         src_port=32768 + k % 28000,
-        dst_ip="10.1.0.7",
+        dst_ip="198.51.100.7",
         dst_port=5432,
         peer_identity=256 + k % 3000,
         peer_labels=("k8s:app=api", f"k8s:team=t{k % 7}"),

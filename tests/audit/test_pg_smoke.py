@@ -32,7 +32,7 @@ def event(k: int, node: str = "node-a") -> AuditEvent:
         reason="no-matching-rule" if denied else "policy-allowed",
         src_ip=f"10.0.0.{k % 250}",
         src_port=40000 + k,
-        dst_ip="10.1.0.7",
+        dst_ip="198.51.100.7",
         dst_port=5432,
         peer_identity=300 + k % 7,
         peer_labels=("k8s:app=api",),

@@ -191,7 +191,7 @@ def test_round_trip_is_the_same_event(store: Any) -> None:
         kind="close",
         protocol="UDP",
         direction="egress",
-        peer_labels=("k8s:app=x", "oidc:groups=dba", "cidr:prefix=10.0.0.0/8", "ünïcode=ok"),
+        peer_labels=("k8s:app=x", "oidc:groups=dba", "cidr:prefix=198.51.100.0/24", "ünïcode=ok"),
         policies=(LEDGER, OFFICE, CI),
         bytes_in=2**40,
         bytes_out=1,

@@ -431,7 +431,7 @@ def test_identity_from_arn_refuses_other_principals(arn: str, account: str) -> N
         {"sts_endpoints": ("https://u:p@sts.amazonaws.com",)},
         {"sts_endpoints": ("https://sts.amazonaws.com:99999",)},
         {"connect_to": {"evil.example": "http://127.0.0.1:1"}},  # not an endpoint
-        {"connect_to": {"sts.amazonaws.com": "http://10.0.0.1:80"}},
+        {"connect_to": {"sts.amazonaws.com": "http://192.0.2.1:80"}},
         {"audience": ""},
         {"max_age": 0},
         {"max_age": 86400},

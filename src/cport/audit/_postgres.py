@@ -34,7 +34,8 @@ from cport.audit._store import (
     StoredEvent,
     VerifyReport,
     WhoRow,
-    check_checkpoints,
+    fold_who,
+    verify_chain,
 )
 from cport.errors import AuditError
 
@@ -375,19 +376,7 @@ class PostgresStore:
                 result = self._connection().execute(sql, args).fetchall()
             except psycopg.Error as exc:
                 self._raise("who failed on", exc, "audit-store-unavailable")
-        rows: dict[tuple[Any, ...], WhoRow] = {}
-        for pid, sub, wl, port, proto, verdict, n, first, last in result:
-            key = (pid, sub, wl, port, proto)
-            r = rows.get(key)
-            if r is None:
-                r = rows[key] = WhoRow(
-                    int(pid), sub or "", wl or "", int(port), proto or "", 0, int(first), int(last)
-                )
-            r.count += int(n)
-            r.first_ns = min(r.first_ns, int(first))
-            r.last_ns = max(r.last_ns, int(last))
-            r.verdicts[verdict] = r.verdicts.get(verdict, 0) + int(n)
-        return sorted(rows.values(), key=lambda r: (-r.last_ns, r.workload, r.port))
+        return fold_who(result)
 
     # -- verification --------------------------------------------------------------------
     def verify(self, public_key: Any = None) -> VerifyReport:
@@ -405,12 +394,6 @@ class PostgresStore:
             conn.close()
 
     def _verify(self, conn: psycopg.Connection[Any], public_key: Any) -> VerifyReport:
-        anchor = self._meta(conn, "anchor")
-        expect_seq, prev = (0, GENESIS)
-        if anchor:
-            anchor_seq_text, anchor_hex = anchor.split(":")
-            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hex)
-        first = expect_seq + 1
         cps = [
             Checkpoint(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), bytes(r[4]))
             for r in conn.execute(
@@ -418,75 +401,20 @@ class PostgresStore:
                 f"FROM {self._checkpoints} ORDER BY seq"
             )
         ]
-        wanted = {cp.seq for cp in cps}  # keep only the hashes checkpoints need, not all
-        hashes: dict[int, bytes] = {}
-        n = 0
-        cols = ", ".join(_COLUMNS)
-        ncols = len(_COLUMNS)
         with conn.cursor(name="cport_audit_verify", binary=True) as cur:
             cur.itersize = _VERIFY_CHUNK
             cur.execute(
-                f"SELECT seq, {cols}, policies, body, prev_hash, hash "
+                f"SELECT seq, {', '.join(_COLUMNS)}, policies, body, prev_hash, hash "
                 f"FROM {self._events} ORDER BY seq"
             )
-            for row in cur:
-                seq, body, stored_prev, h = (
-                    int(row[0]),
-                    bytes(row[-3]),
-                    bytes(row[-2]),
-                    bytes(row[-1]),
-                )
-                expect_seq += 1
-                if seq > expect_seq:
-                    return self._fail(
-                        n,
-                        first,
-                        expect_seq,
-                        "missing",
-                        f"records {expect_seq}..{seq - 1} are missing",
-                    )
-                if stored_prev != prev:
-                    return self._fail(
-                        n, first, seq, "inserted", "the record does not follow its predecessor"
-                    )
-                if link(prev, body) != h:
-                    return self._fail(n, first, seq, "altered", "the record's hash does not match")
-                try:
-                    ev = AuditEvent.from_body(body)
-                except (ValueError, TypeError) as exc:
-                    return self._fail(n, first, seq, "altered", f"unreadable body: {exc}")
-                for col, stored, want in zip(
-                    (*_COLUMNS, "policies"),
-                    row[1 : ncols + 2],
-                    (*_columns(ev), _policies(ev)),
-                    strict=True,
-                ):
-                    if stored != want:
-                        return self._fail(
-                            n, first, seq, "altered", f"column {col} differs from the hashed record"
-                        )
-                prev = h
-                if seq in wanted:
-                    hashes[seq] = h
-                n += 1
-        key = (
-            public_key
-            if public_key is not None
-            else (self.signer.public_key if self.signer else None)
-        )
-        anchor_bytes = bytes.fromhex(anchor.split(":")[1]) if anchor else None
-        return check_checkpoints(
-            cps,
-            hashes,
-            records=n,
-            first=first,
-            last=expect_seq,
-            anchor_hash=anchor_bytes,
-            public_key=key,
-        )
-
-    @staticmethod
-    def _fail(
-        n: int, first: int, seq: int, problem: str, detail: str, cps: int = 0
-    ) -> VerifyReport:
-        return VerifyReport(False, n, cps, first, seq - 1, problem, seq, detail)
+            rows = ((int(r[0]), r[1:-3], bytes(r[-3]), bytes(r[-2]), bytes(r[-1])) for r in cur)
+            return verify_chain(
+                rows,
+                cps,
+                anchor=self._meta(conn, "anchor"),
+                columns=(*_COLUMNS, "policies"),
+                expected=lambda ev: (*_columns(ev), _policies(ev)),
+                public_key=public_key
+                if public_key is not None
+                else (self.signer.public_key if self.signer else None),
+            )

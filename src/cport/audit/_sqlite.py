@@ -25,7 +25,8 @@ from cport.audit._store import (
     StoredEvent,
     VerifyReport,
     WhoRow,
-    check_checkpoints,
+    fold_who,
+    verify_chain,
 )
 from cport.errors import AuditError
 
@@ -338,19 +339,7 @@ class SQLiteStore:
         raw = self._run(
             "query", "audit-store-unavailable", lambda: self._db.execute(sql, args).fetchall()
         )
-        rows: dict[tuple[Any, ...], WhoRow] = {}
-        for pid, sub, wl, port, proto, verdict, n, first, last in raw:
-            key = (pid, sub, wl, port, proto)
-            r = rows.get(key)
-            if r is None:
-                r = rows[key] = WhoRow(
-                    int(pid), sub or "", wl or "", int(port), proto or "", 0, int(first), int(last)
-                )
-            r.count += int(n)
-            r.first_ns = min(r.first_ns, int(first))
-            r.last_ns = max(r.last_ns, int(last))
-            r.verdicts[verdict] = r.verdicts.get(verdict, 0) + int(n)
-        return sorted(rows.values(), key=lambda r: (-r.last_ns, r.workload, r.port))
+        return fold_who(raw)
 
     # -- verification --------------------------------------------------------------------
     def verify(self, public_key: Any = None) -> VerifyReport:
@@ -370,72 +359,26 @@ class SQLiteStore:
                 ) from exc
 
     def _verify(self, public_key: Any) -> VerifyReport:
-        anchor = self._meta("anchor")
-        expect_seq, prev = 0, GENESIS
-        anchor_hash: bytes | None = None
-        if anchor:
-            anchor_seq_text, anchor_hex = anchor.split(":")
-            expect_seq, prev = int(anchor_seq_text), bytes.fromhex(anchor_hex)
-            anchor_hash = prev
-        first = expect_seq + 1
         cps = [
             Checkpoint(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), bytes(r[4]))
             for r in self._db.execute(
                 "SELECT seq, hash, time_ns, key_id, signature FROM checkpoints ORDER BY seq"
             )
         ]
-        wanted = {cp.seq for cp in cps}
-        hashes: dict[int, bytes] = {}  # only at checkpointed records: memory stays flat
-        n = 0
-        cols = ", ".join(_COLUMNS)
-        pol_index = len(_COLUMNS) + 1
-        for row in self._db.execute(
-            f"SELECT seq, {cols}, policies, body, prev_hash, hash FROM events ORDER BY seq"
-        ):
-            seq, body, stored_prev, h = int(row[0]), bytes(row[-3]), bytes(row[-2]), bytes(row[-1])
-            expect_seq += 1
-            if seq > expect_seq:
-                return _fail(
-                    n, first, expect_seq, "missing", f"records {expect_seq}..{seq - 1} are missing"
-                )
-            if stored_prev != prev:
-                return _fail(
-                    n, first, seq, "inserted", "the record does not follow its predecessor"
-                )
-            if link(prev, body) != h:
-                return _fail(n, first, seq, "altered", "the record's hash does not match")
-            try:
-                ev = AuditEvent.from_body(body)
-            except (ValueError, TypeError) as exc:
-                return _fail(n, first, seq, "altered", f"unreadable body: {exc}")
-            for i, col in enumerate(_COLUMNS, start=1):
-                if row[i] != getattr(ev, col):
-                    return _fail(
-                        n, first, seq, "altered", f"column {col} differs from the hashed record"
-                    )
-            if row[pol_index] != ev.policies_column():
-                return _fail(
-                    n, first, seq, "altered", "column policies differs from the hashed record"
-                )
-            prev = h
-            if seq in wanted:
-                hashes[seq] = h
-            n += 1
-        key = (
-            public_key
-            if public_key is not None
-            else (self.signer.public_key if self.signer else None)
+        rows = (
+            (int(r[0]), r[1:-3], bytes(r[-3]), bytes(r[-2]), bytes(r[-1]))
+            for r in self._db.execute(
+                f"SELECT seq, {', '.join(_COLUMNS)}, policies, body, prev_hash, hash "
+                "FROM events ORDER BY seq"
+            )
         )
-        return check_checkpoints(
+        return verify_chain(
+            rows,
             cps,
-            hashes,
-            records=n,
-            first=first,
-            last=expect_seq,
-            anchor_hash=anchor_hash,
-            public_key=key,
+            anchor=self._meta("anchor"),
+            columns=(*_COLUMNS, "policies"),
+            expected=lambda ev: (*_GET_COLUMNS(ev), ev.policies_column()),
+            public_key=public_key
+            if public_key is not None
+            else (self.signer.public_key if self.signer else None),
         )
-
-
-def _fail(n: int, first: int, seq: int, problem: str, detail: str, cps: int = 0) -> VerifyReport:
-    return VerifyReport(False, n, cps, first, seq - 1, problem, seq, detail)

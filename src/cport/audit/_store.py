@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cport.audit._chain import Checkpoint, verify_checkpoint
+from cport.audit._chain import GENESIS, Checkpoint, link, verify_checkpoint
 from cport.audit._event import AuditEvent
 
 
@@ -87,6 +87,67 @@ class VerifyReport:
         }
 
 
+#: A stored record as a backend reads it: seq, its indexed column values (ending with the
+#: policies column), body, prev_hash, hash.
+StoredRow = tuple[int, Sequence[Any], bytes, bytes, bytes]
+
+
+def verify_chain(
+    rows: Iterable[StoredRow],
+    checkpoints: Sequence[Checkpoint],
+    *,
+    anchor: str | None,
+    columns: Sequence[str],
+    expected: Callable[[AuditEvent], Sequence[Any]],
+    public_key: Any,
+) -> VerifyReport:
+    """Every store's verify: walk `rows` in seq order from the anchor (or genesis), naming the
+    first missing, inserted or altered record (hash, body, or any indexed column that differs
+    from `expected(event)` — each backend stores values its own way), then check the signed
+    checkpoints. Keeps only the hashes checkpoints need, so memory stays flat."""
+    expect_seq, prev, anchor_hash = 0, GENESIS, None
+    if anchor:
+        seq_text, hex_hash = anchor.split(":")
+        expect_seq, prev = int(seq_text), bytes.fromhex(hex_hash)
+        anchor_hash = prev
+    first = expect_seq + 1
+    wanted = {cp.seq for cp in checkpoints}
+    hashes: dict[int, bytes] = {}
+    n = 0
+
+    def fail(seq: int, problem: str, detail: str) -> VerifyReport:
+        return VerifyReport(False, n, 0, first, seq - 1, problem, seq, detail)
+
+    for seq, stored, body, stored_prev, h in rows:
+        expect_seq += 1
+        if seq > expect_seq:
+            return fail(expect_seq, "missing", f"records {expect_seq}..{seq - 1} are missing")
+        if stored_prev != prev:
+            return fail(seq, "inserted", "the record does not follow its predecessor")
+        if link(prev, body) != h:
+            return fail(seq, "altered", "the record's hash does not match")
+        try:
+            ev = AuditEvent.from_body(body)
+        except (ValueError, TypeError) as exc:
+            return fail(seq, "altered", f"unreadable body: {exc}")
+        for col, have, want in zip(columns, stored, expected(ev), strict=True):
+            if have != want:
+                return fail(seq, "altered", f"column {col} differs from the hashed record")
+        prev = h
+        if seq in wanted:
+            hashes[seq] = h
+        n += 1
+    return check_checkpoints(
+        checkpoints,
+        hashes,
+        records=n,
+        first=first,
+        last=expect_seq,
+        anchor_hash=anchor_hash,
+        public_key=public_key,
+    )
+
+
 def check_checkpoints(
     cps: Sequence[Checkpoint],
     hashes: dict[int, bytes],
@@ -97,62 +158,53 @@ def check_checkpoints(
     anchor_hash: bytes | None,
     public_key: Any,
 ) -> VerifyReport:
-    """The end of every store's verify: each checkpoint is signed by the expected key, the
-    store does not end before it (a truncated tail) and the chain agrees with it. `hashes`
-    holds the chain's hash at each checkpointed record seen. Checkpoints with no key to check
-    them are a failure, not skipped."""
+    """Each checkpoint is signed by the expected key, the store does not end before it (a
+    truncated tail) and the chain agrees with it. `hashes` holds the chain's hash at each
+    checkpointed record seen. Checkpoints with no key to check them fail, never skipped."""
+
+    def fail(seq: int, problem: str, detail: str) -> VerifyReport:
+        return VerifyReport(False, records, len(cps), first, last, problem, seq, detail)
+
     for cp in cps:
         if public_key is None:
-            return VerifyReport(
-                False,
-                records,
-                len(cps),
-                first,
-                last,
-                "bad-checkpoint",
+            return fail(
                 cp.seq,
-                "no public key to check the signed checkpoints "
-                "(pass --public-key or the state directory)",
+                "bad-checkpoint",
+                "no public key to check the signed "
+                "checkpoints (pass --public-key or the state directory)",
             )
         if not verify_checkpoint(cp, public_key):
-            return VerifyReport(
-                False,
-                records,
-                len(cps),
-                first,
-                last,
-                "bad-checkpoint",
-                cp.seq,
-                "a checkpoint's signature does not verify",
-            )
+            return fail(cp.seq, "bad-checkpoint", "a checkpoint's signature does not verify")
         if cp.seq > last:
-            return VerifyReport(
-                False,
-                records,
-                len(cps),
-                first,
-                last,
-                "truncated",
+            return fail(
                 cp.seq,
+                "truncated",
                 f"a signed checkpoint covers record {cp.seq}, the store ends at {last}",
             )
         known = (
-            anchor_hash
-            if (cp.seq == first - 1 and anchor_hash is not None)
-            else (hashes.get(cp.seq))
+            anchor_hash if cp.seq == first - 1 and anchor_hash is not None else (hashes.get(cp.seq))
         )
         if known is not None and known != cp.hash:
-            return VerifyReport(
-                False,
-                records,
-                len(cps),
-                first,
-                last,
-                "altered",
-                cp.seq,
-                "the chain disagrees with a signed checkpoint",
-            )
+            return fail(cp.seq, "altered", "the chain disagrees with a signed checkpoint")
     return VerifyReport(True, records, len(cps), first, last)
+
+
+def fold_who(rows: Iterable[Sequence[Any]]) -> list[WhoRow]:
+    """Fold ``(peer, subject, workload, port, protocol, verdict, count, first, last)`` groups
+    into one row per peer and port, newest first (both stores' `who`)."""
+    out: dict[tuple[Any, ...], WhoRow] = {}
+    for pid, sub, wl, port, proto, verdict, n, first, last in rows:
+        key = (pid, sub, wl, port, proto)
+        r = out.get(key)
+        if r is None:
+            r = out[key] = WhoRow(
+                int(pid), sub or "", wl or "", int(port), proto or "", 0, int(first), int(last)
+            )
+        r.count += int(n)
+        r.first_ns = min(r.first_ns, int(first))
+        r.last_ns = max(r.last_ns, int(last))
+        r.verdicts[verdict] = r.verdicts.get(verdict, 0) + int(n)
+    return sorted(out.values(), key=lambda r: (-r.last_ns, r.workload, r.port))
 
 
 class Store(Protocol):

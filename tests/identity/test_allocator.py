@@ -88,7 +88,6 @@ def test_in_memory_allocator_save_is_a_no_op(
     monkeypatch.chdir(tmp_path)
     alloc = IdentityAllocator()
     alloc.allocate(WEB)
-    alloc.save()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -96,7 +95,6 @@ def test_in_memory_allocator_save_is_a_no_op(
 def test_identities_survive_a_restart(tmp_path: Path) -> None:
     first = IdentityAllocator(tmp_path)
     ids = {labels: first.allocate(labels) for labels in (WEB, DB, CIDR, API)}
-    first.save()
     second = IdentityAllocator(tmp_path)
     for labels, num in ids.items():
         assert second.lookup(labels) == num
@@ -117,7 +115,6 @@ def test_restart_keeps_numbers_even_when_earlier_sets_are_gone(tmp_path: Path) -
     first = IdentityAllocator(tmp_path)
     first.allocate(WEB)
     first.allocate(DB)
-    first.save()
     # A later run that only sees DB still gives it 257, not 256.
     second = IdentityAllocator(tmp_path)
     assert second.allocate(DB) == 257
@@ -137,16 +134,13 @@ def test_state_file_format(tmp_path: Path) -> None:
     assert all(e["id"] >= 256 for e in identities)
 
 
-def test_save_without_changes_does_not_write(tmp_path: Path) -> None:
+def test_allocating_only_known_labels_does_not_write(tmp_path: Path) -> None:
     alloc = IdentityAllocator(tmp_path)
-    alloc.save()
     assert not (tmp_path / "identities.json").exists()
     alloc.allocate(WEB)
-    alloc.save()
     stat = (tmp_path / "identities.json").stat()
     again = IdentityAllocator(tmp_path)
     again.allocate(WEB)
-    again.save()
     assert (tmp_path / "identities.json").stat().st_mtime_ns == stat.st_mtime_ns
 
 
@@ -157,8 +151,6 @@ def test_two_processes_never_share_a_number_after_both_save(tmp_path: Path) -> N
     # first's number and takes the next one: a number, once returned, is final.
     assert one.allocate(WEB) == 256
     assert two.allocate(DB) == 257
-    one.save()
-    two.save()
     assert one.lookup(WEB) == 256
     assert two.lookup(DB) == 257
     assert one.allocate(DB) == 257
@@ -178,10 +170,7 @@ def test_a_later_save_keeps_the_other_processes_identities(tmp_path: Path) -> No
     two = IdentityAllocator(tmp_path)
     one.allocate(WEB)
     two.allocate(DB)
-    one.save()
-    two.save()
     one.allocate(API)
-    one.save()
     fresh = IdentityAllocator(tmp_path)
     assert {fresh.lookup(x) for x in (WEB, DB, API)} == {256, 257, 258}
     assert fresh.lookup(DB) == two.lookup(DB)
@@ -193,8 +182,6 @@ def test_two_processes_allocating_the_same_labels_agree_after_save(tmp_path: Pat
     assert one.allocate(DB) == 256
     assert two.allocate(WEB) == 257  # two sees one's allocation on disk
     assert two.allocate(DB) == 256
-    one.save()
-    two.save()
     fresh = IdentityAllocator(tmp_path)
     assert one.lookup(DB) == two.lookup(DB) == fresh.lookup(DB)
     assert fresh.lookup(WEB) == two.lookup(WEB)
@@ -205,7 +192,6 @@ def test_label_values_with_commas_survive_a_restart(tmp_path: Path) -> None:
     odd = Labels([Label("k8s", "app", "a,b"), Label("k8s", "io.kubernetes.pod.namespace", "x")])
     first = IdentityAllocator(tmp_path)
     num = first.allocate(odd)
-    first.save()
     assert IdentityAllocator(tmp_path).lookup(odd) == num
 
 

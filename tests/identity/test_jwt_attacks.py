@@ -565,6 +565,19 @@ def test_unauthenticated_headers_are_not_retained() -> None:
     assert retained_blocks < 100_000
 
 
+def test_the_verifier_caches_only_verified_headers(
+    rsa_key: Any, other_rsa: Any, keys: list[VerificationKey]
+) -> None:
+    verifier = Verifier([ISSUER], StaticKeySource({"corp": keys}))
+    forged = token(other_rsa, header={"alg": "RS256", "kid": "k1", "x": "forged"})
+    with pytest.raises(CredentialError):
+        verifier.verify(forged, NOW)
+    assert verifier._headers == {}  # a header whose signature failed is never kept
+    good = token(rsa_key)
+    verifier.verify(good, NOW)
+    assert list(verifier._headers) == [good.split(".")[0]]
+
+
 def test_duplicate_member_in_header(rsa_key: Any, keys: list[VerificationKey]) -> None:
     raw = b64(b'{"alg":"RS256","kid":"k1","alg":"none"}')
     assert rejected(token(rsa_key, raw_header=raw), keys) == "malformed"

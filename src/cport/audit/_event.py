@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
-KINDS = ("decision", "close")
 
 
 @dataclass(frozen=True, slots=True)

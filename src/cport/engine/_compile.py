@@ -28,11 +28,10 @@ from cport.engine._table import (
     PolicyInfo,
     PortMap,
     Table,
-    exact_key,
 )
 from cport.engine._types import LOCALHOST_REF, Cell, Decision, Reason, RuleRef, Verdict
 from cport.errors import EngineError
-from cport.identity import HOST_ID, WILDCARD_ID, WORLD_ID, IdentityAllocator, Label, Labels
+from cport.identity import HOST_ID, WILDCARD_ID, IdentityAllocator, Label, Labels
 from cport.model import (
     PROTO_NUMBERS,
     Direction,
@@ -577,4 +576,4 @@ def compile_table(
     return compiler.compile(policies)
 
 
-__all__ = ["WORLD_ID", "Compiler", "compile_table", "exact_key"]
+__all__ = ["Compiler", "compile_table"]

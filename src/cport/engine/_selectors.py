@@ -52,10 +52,6 @@ class SelectorCache:
             self._sel_cache.clear()
         return new
 
-    @property
-    def all_ids(self) -> frozenset[int]:
-        return frozenset(self._all)
-
     def _keys(self, req: Requirement) -> list[tuple[str, str]]:
         if req.source == "any":
             return self._by_key.get(req.key, [])

@@ -25,14 +25,6 @@ PEER_SHIFT = 24
 PROTO_SHIFT = 16
 
 
-def exact_key(peer: int, proto: int, port: int) -> int:
-    return (peer << PEER_SHIFT) | (proto << PROTO_SHIFT) | port
-
-
-def range_key(peer: int, proto: int) -> int:
-    return (peer << 8) | proto
-
-
 class PortMap:
     """Disjoint, sorted port segments of one (peer, protocol) with their cells."""
 

@@ -90,9 +90,6 @@ class IdentityAllocator:
             self._write()
         return [self._by_labels[ls] for ls in wanted]
 
-    def save(self) -> None:
-        """Kept for callers that batch explicitly; allocations are already persisted."""
-
     def _assign(self, label_sets: Iterable[Labels]) -> None:
         for labels in label_sets:
             if labels in self._by_labels:

@@ -105,8 +105,7 @@ def _no_constants(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-_HEADERS: dict[str, dict[str, Any]] = {}  # header segment → decoded, for verified tokens only
-_HEADER_CACHE_SIZE = 64
+HEADER_CACHE_SIZE = 64
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -121,8 +120,11 @@ def _json(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def parse_jws(token: str, max_bytes: int = 16 * 1024) -> ParsedJWS:
-    """Split and decode a compact JWS (``header.payload.signature``) without trusting it."""
+def parse_jws(
+    token: str, max_bytes: int = 16 * 1024, headers: dict[str, dict[str, Any]] | None = None
+) -> ParsedJWS:
+    """Split and decode a compact JWS (``header.payload.signature``) without trusting it.
+    `headers`: header segments already decoded (see :func:`remember_header`)."""
     if len(token) > max_bytes:
         raise _reject("token-too-large", f"token is {len(token)} bytes, over {max_bytes}")
     parts = token.split(".")
@@ -130,7 +132,7 @@ def parse_jws(token: str, max_bytes: int = 16 * 1024) -> ParsedJWS:
         what = "an encrypted JWT (JWE)" if len(parts) == 5 else f"{len(parts)} segments"
         raise _reject("malformed", f"not a signed JWT: {what}")
     h, p, s = parts
-    cached = _HEADERS.get(h)
+    cached = headers.get(h) if headers is not None else None
     header = dict(cached) if cached is not None else _json(_b64(h, "header"), "header")
     claims = _json(_b64(p, "payload"), "payload")
     signature = _b64(s, "signature")
@@ -139,16 +141,16 @@ def parse_jws(token: str, max_bytes: int = 16 * 1024) -> ParsedJWS:
     return ParsedJWS(header, claims, f"{h}.{p}".encode("ascii"), signature)
 
 
-def remember_header(jws: ParsedJWS) -> None:
-    """Keep a *verified* token's header decoded for the next token that carries the same one
-    (an issuer's tokens share one header). Called only after the signature verified, so an
-    attacker cannot fill the cache; only flat headers of scalars are kept, so the copies
-    handed out share nothing mutable."""
-    if len(_HEADERS) >= _HEADER_CACHE_SIZE:
+def remember_header(jws: ParsedJWS, headers: dict[str, dict[str, Any]]) -> None:
+    """Keep a *verified* token's header decoded in `headers` for the next token carrying the
+    same one (an issuer's tokens share one header). Call it only after the signature
+    verified, so an attacker cannot fill the cache; only flat headers of scalars are kept, so
+    the copies handed out share nothing mutable."""
+    if len(headers) >= HEADER_CACHE_SIZE:
         return
     if all(isinstance(v, (str, int, float, bool)) for v in jws.header.values()):
         segment = jws.signing_input.split(b".", 1)[0].decode("ascii")
-        _HEADERS[segment] = dict(jws.header)
+        headers[segment] = dict(jws.header)
 
 
 def _check_header(jws: ParsedJWS, issuer: IssuerConfig) -> str:
@@ -303,5 +305,4 @@ def verify_jws(
         ):
             raise BadSignature("the signature does not verify")
     check_claims(jws.claims, issuer, now)
-    remember_header(jws)
     return jws.claims

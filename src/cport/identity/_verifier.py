@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cport.errors import CredentialError, UnknownIssuer
 from cport.identity._claims import PodResolver, kubernetes_labels, oidc_labels, subject_of
 from cport.identity._credentials import VerifiedIdentity
 from cport.identity._issuer import IssuerConfig
-from cport.identity._jwt import parse_jws, verify_jws
+from cport.identity._jwt import parse_jws, remember_header, verify_jws
 from cport.identity._keys import KeySource
 from cport.identity._labels import Label, Labels
 
@@ -46,6 +47,7 @@ class Verifier:
         self.resolve_pod = resolve_pod
         self._max_bytes = max((i.max_token_bytes for i in issuers), default=16 * 1024)
         self._cache: dict[bytes, VerifiedIdentity] = {}
+        self._headers: dict[str, dict[str, Any]] = {}  # decoded headers of verified tokens
         self._cache_size = cache_size
         self._clock = clock
 
@@ -79,7 +81,7 @@ class Verifier:
         return identity
 
     def _verify(self, token: str, now: float, digest: bytes) -> VerifiedIdentity:
-        jws = parse_jws(token, self._max_bytes)
+        jws = parse_jws(token, self._max_bytes, self._headers)
         iss = jws.claims.get("iss")
         issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:
@@ -93,6 +95,7 @@ class Verifier:
             if exc.code != "unknown-kid" or not self.keys.refetch(issuer, now):
                 raise
             claims = verify_jws(jws, issuer, self.keys.keys(issuer, now), now)
+        remember_header(jws, self._headers)
         exp = float(claims["exp"])
         subject = subject_of(claims)
         jti = claims.get("jti")

@@ -124,3 +124,26 @@ def test_incremental_update_matches_full_compile(inv: Inventory, pols: list[Poli
                 for port in (80, 5432, 9999):
                     assert _verdict(got, to_got[s], to_got[d], 6, port) == _verdict(
                         want, s, d, 6, port)
+
+
+@SETTINGS
+@given(inv=inventories(), pols=policy_sets(), data=st.data())
+def test_identities_added_at_runtime_match_a_full_compile(
+        inv: Inventory, pols: list[Policy], data: st.DataObject) -> None:
+    """The agent meets token identities after compiling: adding them later must give the
+    same verdicts as compiling with them from the start (and the reference)."""
+    compiler = Compiler(inv)
+    before = compiler.compile(pols)
+    some = data.draw(st.lists(st.sampled_from(USERS), min_size=1, max_size=len(USERS)))
+    after, numbers = compiler.add_identities(some)
+    assert after.revision == before.revision + 1
+    again, same = compiler.add_identities(some)
+    assert same == numbers and again.revision == after.revision
+    dsts = [(after.workload_ids[(w.namespace, w.name)], Peer(inv.identity_labels(w), w))
+            for w in inv]
+    for labels, num in zip(some, numbers, strict=True):
+        for d_id, d_peer in dsts:
+            for port in FLOW_PORTS:
+                got = _verdict(after, num, d_id, 6, port)
+                want = reference_decide(pols, inv, Peer(labels), d_peer, 6, port)
+                assert got == want, f"{labels} -> {d_peer} {port}: {got} != {want}"

@@ -250,6 +250,48 @@ class Compiler:
         self._reselect(touched)
         return self._snapshot()
 
+    def add_identities(self, label_sets: Iterable[Labels]) -> tuple[Table, list[int]]:
+        """Give peers that are not workloads (verified credentials seen at runtime) an
+        identity and rows, and return the next table with their numbers. Only endpoint
+        policies with an entry whose selectors match a new identity are re-distilled; peers
+        no selector names fall through to the wildcard rows, so nothing else changes. Label
+        sets that already have an identity cost nothing and produce no new revision."""
+        if not self._identities_ready:
+            raise EngineError("add_identities() before compile()")
+        wanted = list(label_sets)
+        numbers = self.allocator.allocate_many(wanted)
+        fresh = [
+            (num, labels)
+            for num, labels in zip(numbers, wanted, strict=True)
+            if num not in self.cache.labels
+        ]
+        if not fresh:
+            return self._snapshot(), numbers
+        with _gc_paused():
+            self.revision += 1
+            self._extra.extend(labels for _, labels in fresh)
+            # Earlier snapshots share the label map; they may see the new entries, which
+            # no row of theirs refers to.
+            self.cache.add_identities(fresh)
+            stale = {
+                skey
+                for skey, epp in self._shared.items()
+                if any(
+                    e.selectors is not None
+                    and any(sel.matches(labels) for sel in e.selectors for _, labels in fresh)
+                    for e in epp.entries
+                )
+            }
+            touched: set[int] = set()
+            for skey in stale:
+                direction, sig, _ = skey
+                del self._shared[skey]
+                for ep, ep_sig in self._ep_rules[direction].items():
+                    if ep_sig == sig:
+                        touched.add(ep)
+            self._reselect(touched)
+            return self._snapshot(), numbers
+
     # -- identities ----------------------------------------------------------------------
     def _setup_identities(self) -> None:
         """Allocate every identity the table needs in one batch (one lock and write when the

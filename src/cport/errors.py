@@ -147,3 +147,42 @@ class AuditError(CportError):
 
 class EngineError(CportError):
     code = "engine-error"
+
+
+class EbpfError(CportError):
+    """The eBPF enforcer (`cport.ebpf`) failed: compiling, loading, attaching, or a map
+    operation. `code` says which (``bpf-compile-failed``, ``bpf-load-failed``,
+    ``no-bpffs``, ``interface-not-found``, ``layout-mismatch``, ``not-open``, …); `errno` is the
+    kernel's error number where there is one."""
+
+    code = "ebpf-error"
+
+    def __init__(self, message: str, *, code: str | None = None, errno: int = 0) -> None:
+        super().__init__(message, code=code)
+        self.errno = errno
+
+
+class EbpfToolMissing(EbpfError):
+    """A tool the eBPF enforcer needs is not installed (clang, libbpf headers, libbpf.so.1);
+    the message names it and the Debian package that provides it."""
+
+    code = "ebpf-tool-missing"
+
+
+class ProxyRequestError(CportError):
+    """A client's proxy request (the HTTP CONNECT head) was refused before any upstream was
+    contacted. ``code`` is the reason code, ``status`` the HTTP status to answer with. The
+    message never carries a credential."""
+
+    code = "bad-request"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, code=code)
+        if status is not None:
+            self.status = status
+
+    def to_json(self) -> dict[str, object]:
+        out = super().to_json()
+        out["status"] = self.status
+        return out

@@ -39,7 +39,7 @@ def output_option(f: F) -> F:
     )(f)
 
 
-def load_options(f: F) -> F:
+def load_options(f: F, *, required: bool = True) -> F:
     f = click.option(
         "--skip-unsupported",
         is_flag=True,
@@ -71,7 +71,7 @@ def load_options(f: F) -> F:
         "-p",
         "policies",
         multiple=True,
-        required=True,
+        required=required,
         type=click.Path(exists=True),
         help="Policy YAML files or directories (repeatable).",
     )(f)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table as RichTable
@@ -21,7 +23,7 @@ from cport.cli._common import (
 )
 from cport.cli._token import verify_token_file
 from cport.engine import Endpoint, Flow, compile_table, explain, ports_report, resolve_endpoint
-from cport.engine._explain import DirectionReport, Explanation
+from cport.engine._explain import Explanation
 from cport.engine._report import DirectionPorts
 from cport.errors import FlowError
 from cport.identity import VerifiedIdentity
@@ -50,20 +52,19 @@ def _policy_list(refs: list[dict[str, object]]) -> str:
     return escape("; ".join(out))
 
 
-def _print_direction(label: str, rep: DirectionReport) -> None:
-    d = rep.to_json()
+def _print_direction(label: str, d: dict[str, Any]) -> None:
     colour = _COLOURS.get(str(d["verdict"]), "white")
-    who = escape(rep.endpoint or "not a workload")
+    who = escape(d["endpoint"] or "not a workload")
     console.print(
         f"  {label:<7} [bold]{who}[/bold]: [{colour}]{d['verdict']}[/{colour}] ({d['reason']})"
     )
     if not d["governed"]:
         console.print("          no policy selects it in this direction: allowed")
         return
-    console.print(f"          selected by: {_policy_list(d['selectedBy'])}")  # type: ignore[arg-type]
+    console.print(f"          selected by: {_policy_list(d['selectedBy'])}")
     row = d["row"]
     if row:
-        console.print(f"          matched row: peer {row['peer']}, ports {row['ports']}")  # type: ignore[index]
+        console.print(f"          matched row: peer {row['peer']}, ports {row['ports']}")
     else:
         console.print("          no row for this peer and port: the default applies")
     for key, text in (
@@ -72,29 +73,36 @@ def _print_direction(label: str, rep: DirectionReport) -> None:
         ("auditedBy", "audit (would deny)"),
     ):
         if d[key]:
-            console.print(f"          {text}: {_policy_list(d[key])}")  # type: ignore[arg-type]
+            console.print(f"          {text}: {_policy_list(d[key])}")
 
 
 def print_explanation(exp: Explanation) -> None:
-    colour = _COLOURS.get(exp.verdict, "white")
+    print_explanation_json(exp.to_json())
+
+
+def print_explanation_json(doc: dict[str, Any]) -> None:
+    """The text form of an explanation, from its JSON (local, or from the agent API)."""
+    verdict = str(doc["verdict"])
+    colour = _COLOURS.get(verdict, "white")
     console.print(
-        f"[bold {colour}]{exp.verdict.upper()}[/bold {colour}]  reason: "
-        f"{exp.decision.reason.value}  (table revision {exp.revision})"
+        f"[bold {colour}]{verdict.upper()}[/bold {colour}]  reason: "
+        f"{doc['reason']}  (table revision {doc['tableRevision']})"
     )
+    src, dst = doc["from"], doc["to"]
     console.print(
-        f"  {escape(exp.src.display)} (identity {exp.src.identity}) → {escape(exp.dst.display)} "
-        f"(identity {exp.dst.identity})  {exp.flow.port}/{exp.protocol}"
+        f"  {escape(str(src['name']))} (identity {src['identity']}) → {escape(str(dst['name']))} "
+        f"(identity {dst['identity']})  {doc['port']}/{doc['protocol']}"
     )
-    _print_direction("egress", exp.egress)
-    _print_direction("ingress", exp.ingress)
-    if exp.decision.verdict.value == "auth-required":
+    _print_direction("egress", doc["egress"])
+    _print_direction("ingress", doc["ingress"])
+    if doc["authenticationRequired"] and not doc["authenticated"]:
         console.print("  the port requires a verified credential (authentication: required)")
-    elif exp.decision.reason.value == "authenticated":
+    elif doc["reason"] == "authenticated":
         console.print("  admitted: the port requires a verified credential, and one was presented")
 
 
 @click.command(name="explain")
-@load_options
+@functools.partial(load_options, required=False)
 @click.option(
     "--config",
     "-c",
@@ -104,14 +112,28 @@ def print_explanation(exp: Explanation) -> None:
     help="Agent configuration (issuers), for --from token:FILE.",
 )
 @click.option(
+    "--id",
+    "explanation_id",
+    default=None,
+    help="Show the explanation a running agent gave a refused connection (its 403 body and "
+    "Cport-Explanation header carry the id); asks the agent API (--socket).",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The agent's API socket, for --id [default: $CPORT_SOCKET or .cport/agent.sock].",
+)
+@click.option(
     "--from",
     "src",
-    required=True,
+    required=False,
     help="Source: NAMESPACE/WORKLOAD, entity:NAME, cidr:IP, labels:k=v,… or token:FILE "
     "(a credential, verified with --config).",
 )
-@click.option("--to", "dst", required=True, help="Destination, same forms as --from.")
-@click.option("--port", "port", required=True, help="Destination port, N or N/PROTO (TCP).")
+@click.option("--to", "dst", required=False, help="Destination, same forms as --from.")
+@click.option("--port", "port", required=False, help="Destination port, N or N/PROTO (TCP).")
 @click.option(
     "--record",
     is_flag=True,
@@ -126,15 +148,30 @@ def explain_cmd(
     cluster: str,
     skip_unsupported: bool,
     config_path: str | None,
-    src: str,
-    dst: str,
-    port: str,
+    explanation_id: str | None,
+    socket_path: Path | None,
+    src: str | None,
+    dst: str | None,
+    port: str | None,
     record: bool,
     output: str,
 ) -> None:
     """Explain whether SRC may reach DST on PORT, and which policies decide it.
 
     Exit status 0 when allowed (or audit), 1 when denied."""
+    if explanation_id is not None:
+        from cport.cli._agent import AgentClient
+
+        doc = AgentClient(socket_path).call("GET", f"/v1/explanations/{explanation_id}")
+        if output == "json":
+            emit_json(doc)
+        else:
+            print_explanation_json(doc)
+        if doc["verdict"] == "denied":
+            raise SystemExit(EXIT_FAIL)
+        return
+    if not (policies and src and dst and port):
+        raise click.UsageError("explain needs --policies, --from, --to and --port (or --id)")
     port_num, proto = parse_port(port)
     credential = None
     extra = extra_labels(src, dst)

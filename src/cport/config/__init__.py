@@ -2,6 +2,29 @@
 
 from __future__ import annotations
 
+from cport.config._agent import (
+    AgentSettings,
+    ApiSettings,
+    AuditSettings,
+    GatewaySettings,
+    HostPort,
+    Limits,
+    ListenerSettings,
+    Target,
+)
 from cport.config._load import Config, IdentitySettings, load_config, parse_config
 
-__all__ = ["Config", "IdentitySettings", "load_config", "parse_config"]
+__all__ = [
+    "AgentSettings",
+    "ApiSettings",
+    "AuditSettings",
+    "Config",
+    "GatewaySettings",
+    "HostPort",
+    "IdentitySettings",
+    "Limits",
+    "ListenerSettings",
+    "Target",
+    "load_config",
+    "parse_config",
+]

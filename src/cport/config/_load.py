@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cport.config._agent import _ROOT_KEYS as _AGENT_KEYS
+from cport.config._agent import AgentSettings, parse_agent
 from cport.errors import ConfigError, IdentityError, InputError, InputErrors, Location
 from cport.identity._aws import AwsConfig
 from cport.identity._issuer import (
@@ -84,6 +86,7 @@ class Config:
     path: str = "<defaults>"
     cluster: str = "default"
     identity: IdentitySettings = field(default_factory=IdentitySettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
 
 
 def _duration(cur: Cursor) -> float:
@@ -248,9 +251,13 @@ def parse_config(text: str, file: str, base: Path | None = None) -> Config:
     root = Cursor(docs[0], (), docs[0].value, ConfigError)
     base = base or Path(file).parent
     try:
-        root.mapping({"cluster", "identity", "stateDir", "policies", "inventory"}, allow_null=False)
+        root.mapping({"cluster", "identity", *_AGENT_KEYS}, allow_null=False)
         if (c := root.get("cluster")) is not None:
             cfg.cluster = c.string()
+        try:
+            cfg.agent = parse_agent(root, base, _duration)
+        except InputError as exc:
+            errors.append(exc)
         ident = root.get("identity")
         if ident is not None:
             ident.mapping({"issuers", "aws", "spiffe"})

@@ -1,0 +1,693 @@
+"""The proxy enforcer's two fronts.
+
+* :class:`Gateway` — HTTP CONNECT with ``Proxy-Authorization: Bearer <token>``. Targets are
+  ``workload.namespace:port`` or an inventory address. 407 without a (valid) credential, 403
+  with a JSON body (reason code, explanation id) when policy refuses, 502 when the upstream
+  cannot be reached, 429/503 for the per-identity and global caps.
+* :class:`PortListener` — fronts one workload port; the peer is identified by its source
+  address (inventory, else CIDR/world) or by a SPIFFE X.509-SVID over mutual TLS.
+
+Both decide through :func:`cport.agent._decide.evaluate`, register the connection for live
+re-checks, relay with :func:`cport.proxy.relay` and write a decision and a close event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from cport.agent._conns import LiveConnection
+from cport.agent._decide import Attempt, Outcome, audit_event, evaluate
+from cport.agent._flows import FlowRecord
+from cport.audit import AuditEvent
+from cport.config import HostPort, Limits, ListenerSettings, Target
+from cport.engine import resolve_endpoint
+from cport.errors import CportError, CredentialError
+from cport.identity import Labels, VerifiedIdentity
+from cport.model import Workload
+from cport.proxy import (
+    ProxyRequestError,
+    RelayCounters,
+    http_response,
+    read_connect_head,
+    relay,
+    relay_streams,
+)
+
+if TYPE_CHECKING:
+    from cport.agent._agent import Agent
+
+log = logging.getLogger("cport.agent")
+
+
+class Refused(CportError):
+    """A connection attempt refused before relaying; `status` is the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.extra = extra
+
+
+def _peer_addr(sock: socket.socket) -> tuple[str, int]:
+    try:
+        addr = sock.getpeername()
+        return str(addr[0]), int(addr[1])
+    except OSError:
+        return "", 0
+
+
+def listen_socket(hp: HostPort, backlog: int = 4096) -> socket.socket:
+    family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((hp.host, hp.port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+async def open_upstream(hp: HostPort, timeout: float) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(hp.host, hp.port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            last = exc if isinstance(exc, OSError) else OSError(f"timed out after {timeout}s")
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise last or OSError("no address")
+
+
+class _Front:
+    """What the gateway and listeners share: accept loop, caps, relay and records."""
+
+    enforcer = "proxy"
+
+    def __init__(self, agent: Agent, listen: HostPort, limits: Limits) -> None:
+        self.agent = agent
+        self.listen = listen
+        self.limits = limits
+        self._sock: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @property
+    def address(self) -> HostPort:
+        assert self._sock is not None
+        host, port = self._sock.getsockname()[:2]
+        return HostPort(host, port)
+
+    async def start(self) -> None:
+        self._sock = listen_socket(self.listen)
+        self._accept_task = asyncio.create_task(self._accept_loop(), name=f"accept {self.listen}")
+
+    async def stop_accepting(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._sock is not None:
+            self._sock.close()
+
+    async def drain(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def _accept_loop(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                log.warning("accept on %s failed: %s", self.listen, exc)
+                await asyncio.sleep(0.05)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task: asyncio.Task[object] = asyncio.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> object:
+        raise NotImplementedError
+
+    # -- shared steps ------------------------------------------------------------------
+    def _caps(self, identity: int | None) -> None:
+        agent = self.agent
+        if agent.audit_error is not None:
+            raise Refused(
+                503,
+                "audit-unavailable",
+                "the audit store cannot be written; refusing until it recovers",
+            )
+        if len(agent.registry) >= self.limits.max_connections:
+            raise Refused(
+                503,
+                "too-many-connections",
+                f"the agent holds {len(agent.registry)} connections, its maximum",
+            )
+        if identity is not None and (
+            agent.registry.count_for(identity) >= self.limits.per_identity_connections
+        ):
+            raise Refused(
+                429,
+                "identity-connection-cap",
+                f"identity {identity} already holds "
+                f"{self.limits.per_identity_connections} connections",
+            )
+
+    def _decide(self, attempt: Attempt) -> Outcome:
+        agent = self.agent
+        table = agent.state.table
+        outcome = evaluate(table, attempt, agent.explanations)
+        d = outcome.decision
+        agent.metrics.decisions.labels(d.verdict.value, d.reason.value).inc()
+        agent.submit(
+            audit_event(
+                attempt,
+                node=agent.node,
+                enforcer=self.enforcer,
+                verdict=d.verdict.value,
+                reason=d.reason.value,
+                table_revision=table.revision,
+                refs=outcome.refs,
+                extra={"explanation_id": outcome.explanation_id}
+                if outcome.explanation_id
+                else None,
+            )
+        )
+        agent.flows.publish(
+            FlowRecord(
+                time.time_ns(),
+                "open" if d.allowed else "refused",
+                self.enforcer,
+                d.verdict.value,
+                d.reason.value,
+                attempt.peer,
+                attempt.peer_identity,
+                attempt.workload.ref,
+                attempt.port,
+                src=f"{attempt.client[0]}:{attempt.client[1]}",
+                policies=outcome.policy_names,
+                explanation_id=outcome.explanation_id,
+                token_id=attempt.credential.token_id if attempt.credential else "",
+            )
+        )
+        return outcome
+
+    def _refused_record(
+        self,
+        client: tuple[str, int],
+        exc: Refused,
+        peer: str = "",
+        identity: int = 0,
+        workload: str = "",
+        port: int = 0,
+        credential: VerifiedIdentity | None = None,
+    ) -> None:
+        """A refusal before any policy decision (bad request, bad credential, caps)."""
+        agent = self.agent
+        agent.metrics.decisions.labels("denied", exc.code).inc()
+        agent.submit(
+            AuditEvent(
+                time_ns=time.time_ns(),
+                kind="decision",
+                node=agent.node,
+                enforcer=self.enforcer,
+                verdict="denied",
+                reason=exc.code,
+                src_ip=client[0],
+                src_port=client[1],
+                peer_identity=identity,
+                subject=credential.subject if credential else peer,
+                issuer=credential.issuer if credential else "",
+                credential_kind=credential.kind if credential else "",
+                token_id=credential.token_id if credential else "",
+                workload=workload,
+                port=port,
+                dst_port=port,
+                table_revision=agent.state.table.revision,
+                extra={"message": exc.message},
+            )
+        )
+        agent.flows.publish(
+            FlowRecord(
+                time.time_ns(),
+                "refused",
+                self.enforcer,
+                "denied",
+                exc.code,
+                peer or client[0],
+                identity,
+                workload,
+                port,
+                src=f"{client[0]}:{client[1]}",
+                token_id=credential.token_id if credential else "",
+            )
+        )
+
+    async def _run_connection(
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        upstream_addr: HostPort,
+        relay_call: object,
+        upstream: socket.socket,
+        conn_id: str | None = None,
+    ) -> None:
+        """Register, relay (via `relay_call(counters)`), and record the close."""
+        agent = self.agent
+        counters = RelayCounters()
+        live = LiveConnection(
+            id=conn_id or secrets.token_hex(8),
+            enforcer=self.enforcer,
+            peer=attempt.peer,
+            peer_identity=attempt.peer_identity,
+            credential=attempt.credential,
+            namespace=attempt.workload.namespace,
+            workload=attempt.workload.name,
+            port=attempt.port,
+            client=f"{attempt.client[0]}:{attempt.client[1]}",
+            upstream=str(upstream_addr),
+            counters=counters,
+            task=asyncio.current_task(),
+        )
+        agent.registry.add(live)
+        agent.metrics.open_connections.inc()
+        started = time.monotonic_ns()
+        termination = "error"
+        try:
+            # A revocation or policy change may have landed while connecting.
+            agent.recheck_one(live)
+            if live.close_reason is None:
+                result = await relay_call(counters)  # type: ignore[operator]
+                termination = result.ended_by
+        except asyncio.CancelledError:
+            termination = live.close_reason or "shutdown"
+        finally:
+            agent.registry.remove(live)
+            agent.metrics.open_connections.dec()
+            if live.close_reason is not None:
+                termination = live.close_reason
+            with contextlib.suppress(OSError):
+                upstream.close()
+            duration = time.monotonic_ns() - started
+            d = outcome.decision
+            agent.submit(
+                audit_event(
+                    attempt,
+                    node=agent.node,
+                    enforcer=self.enforcer,
+                    kind="close",
+                    verdict=d.verdict.value,
+                    reason=d.reason.value,
+                    table_revision=agent.state.table.revision,
+                    refs=outcome.refs,
+                    server=(upstream_addr.host, upstream_addr.port),
+                    bytes_in=counters.bytes_up,
+                    bytes_out=counters.bytes_down,
+                    duration_ns=duration,
+                    termination=termination,
+                )
+            )
+            agent.flows.publish(
+                FlowRecord(
+                    time.time_ns(),
+                    "close",
+                    self.enforcer,
+                    d.verdict.value,
+                    d.reason.value,
+                    attempt.peer,
+                    attempt.peer_identity,
+                    attempt.workload.ref,
+                    attempt.port,
+                    src=live.client,
+                    policies=outcome.policy_names,
+                    token_id=live.credential.token_id if live.credential else "",
+                    bytes_up=counters.bytes_up,
+                    bytes_down=counters.bytes_down,
+                    duration_ms=duration / 1e6,
+                    termination=termination,
+                )
+            )
+
+
+class Gateway(_Front):
+    enforcer = "proxy-gateway"
+
+    def __init__(
+        self, agent: Agent, listen: HostPort, limits: Limits, upstreams: dict[Target, HostPort]
+    ) -> None:
+        super().__init__(agent, listen, limits)
+        self.upstreams = upstreams
+
+    def _target(self, host: str, port: int) -> tuple[Workload, HostPort]:
+        """`workload.namespace` or an inventory address → the workload and where it is."""
+        inv = self.agent.state.bundle.inventory
+        w: Workload | None = None
+        try:
+            ipaddress.ip_address(host)
+            w = inv.by_address(host)
+        except ValueError:
+            name, dot, ns = host.partition(".")
+            if dot and ns and "." not in ns:
+                try:
+                    w = inv.find(ns, name)
+                except CportError:
+                    w = None
+        if w is None:
+            raise Refused(
+                403,
+                "unknown-target",
+                f"{host}:{port} is not a workload in the inventory",
+                hint="name targets workload.namespace:port",
+            )
+        up = self.upstreams.get(Target(w.namespace, w.name, port))
+        if up is None:
+            if not w.addresses:
+                raise Refused(
+                    502, "no-upstream", f"{w.ref} has no address and no configured upstream"
+                )
+            up = HostPort(w.addresses[0], port)
+        return w, up
+
+    async def _refresh(self, conn: socket.socket, conn_id: str, cred: VerifiedIdentity) -> None:
+        """A fresh credential for a live tunnel (`Cport-Refresh: <connection id>`): accepted
+        only for the identity the tunnel was opened with; the tunnel then lives until the new
+        expiry (and is re-checked against policy and revocations as always)."""
+        live = self.agent.registry.get(conn_id)
+        if live is None or live.credential is None:
+            raise Refused(404, "unknown-connection", "no live tunnel with that id")
+        identity, _ = self.agent.state.identity_for(cred.labels)
+        if identity != live.peer_identity:
+            raise Refused(
+                403,
+                "identity-mismatch",
+                "a refresh must carry a credential of the tunnel's own identity",
+            )
+        live.credential = cred
+        self.agent.recheck_one(live)
+        if live.close_reason is not None:
+            raise Refused(403, live.close_reason, "the tunnel is no longer allowed")
+        await asyncio.get_running_loop().sock_sendall(
+            conn,
+            (
+                f"HTTP/1.1 200 Refreshed\r\nCport-Connection: {conn_id}\r\n"
+                f"Cport-Expires-At: {cred.expires_at:.0f}\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+        )
+
+    async def _serve(self, conn: socket.socket) -> object:
+        agent = self.agent
+        loop = asyncio.get_running_loop()
+        client = _peer_addr(conn)
+        peer = ""
+        identity = 0
+        workload = ""
+        port = 0
+        cred: VerifiedIdentity | None = None
+        upstream: socket.socket | None = None
+        try:
+            self._caps(None)
+            try:
+                req = await read_connect_head(
+                    conn,
+                    max_bytes=self.limits.max_header_bytes,
+                    timeout=self.limits.handshake_timeout,
+                )
+            except ProxyRequestError as exc:
+                raise Refused(exc.status, exc.code, exc.message) from None
+            port = req.port
+            workload = req.host
+            if req.bearer is None:
+                raise Refused(407, "missing-credential", "send Proxy-Authorization: Bearer <token>")
+            cred = await agent.verify(req.bearer)
+            peer = cred.subject + (f" via {cred.actor}" if cred.actor else "")
+            refresh = req.headers.get("cport-refresh")
+            if refresh is not None:
+                await self._refresh(conn, refresh, cred)
+                return None
+            w, up_addr = self._target(req.host, req.port)
+            workload = w.ref
+            identity, table = agent.state.identity_for(cred.labels)
+            rev = agent.revocations.match(cred, identity, time.time())
+            if rev is not None:
+                raise Refused(
+                    403, "revoked", f"revoked ({rev.kind} {rev.value})", revocation=rev.id
+                )
+            self._caps(identity)
+            attempt = Attempt(
+                identity,
+                cred.labels,
+                peer,
+                cred,
+                w,
+                table.workload_ids[(w.namespace, w.name)],
+                req.port,
+                client,
+            )
+            outcome = self._decide(attempt)
+            if not outcome.allowed:
+                denial: dict[str, object] = {
+                    "verdict": outcome.decision.verdict.value,
+                    "reason": outcome.decision.reason.value,
+                    "explanationId": outcome.explanation_id,
+                    "message": f"{peer} may not reach {w.ref}:{req.port}",
+                    "policies": list(outcome.policy_names),
+                    "explain": f"cport explain --id {outcome.explanation_id}",
+                }
+                await loop.sock_sendall(
+                    conn,
+                    http_response(
+                        403,
+                        body=denial,
+                        headers={
+                            "Cport-Reason": outcome.decision.reason.value,
+                            "Cport-Explanation": outcome.explanation_id,
+                        },
+                    ),
+                )
+                return None
+            try:
+                upstream = await open_upstream(up_addr, self.limits.connect_timeout)
+            except OSError as exc:
+                raise Refused(
+                    502,
+                    "upstream-unreachable",
+                    f"cannot reach {w.ref}:{req.port} at {up_addr}: {exc}",
+                ) from None
+            conn_id = secrets.token_hex(8)
+            await loop.sock_sendall(
+                conn,
+                (
+                    "HTTP/1.1 200 Connection established\r\n"
+                    f"Cport-Connection: {conn_id}\r\n"
+                    f"Cport-Expires-At: {cred.expires_at:.0f}\r\n\r\n"
+                ).encode(),
+            )
+            up = upstream
+
+            async def go(counters: RelayCounters) -> object:
+                return await relay(conn, up, initial_up=req.leftover, counters=counters)
+
+            await self._run_connection(attempt, outcome, up_addr, go, upstream, conn_id)
+            upstream = None
+        except Refused as exc:
+            self._refused_record(client, exc, peer, identity, workload, port, cred)
+            body: dict[str, object] = {"reason": exc.code, "message": exc.message, **exc.extra}
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(
+                    conn, http_response(exc.status, body=body, headers={"Cport-Reason": exc.code})
+                )
+        except CredentialError as exc:
+            self._refused_record(
+                client, Refused(407, exc.code, exc.message), peer, 0, workload, port
+            )
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(
+                    conn,
+                    http_response(
+                        407,
+                        body={"reason": exc.code, "message": exc.message},
+                        headers={"Cport-Reason": exc.code},
+                    ),
+                )
+        except (OSError, asyncio.CancelledError):
+            pass
+        except Exception:  # never let one connection take the gateway down
+            log.exception("gateway connection from %s failed", client)
+        finally:
+            if upstream is not None:
+                upstream.close()
+            with contextlib.suppress(OSError):
+                conn.close()
+        return None
+
+
+class PortListener(_Front):
+    """Fronts one workload port. Peers: by source address, or by SPIFFE SVID over mTLS."""
+
+    enforcer = "proxy-listener"
+
+    def __init__(self, agent: Agent, settings: ListenerSettings) -> None:
+        super().__init__(agent, settings.listen, settings.limits)
+        self.settings = settings
+        self._ssl: ssl.SSLContext | None = None
+        if settings.identify == "spiffe":
+            assert settings.tls_cert is not None and settings.tls_key is not None
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.check_hostname = False
+            for bundle in agent.config.identity.spiffe_bundles.values():
+                for cert in bundle.roots:
+                    from cryptography.hazmat.primitives.serialization import Encoding
+
+                    ctx.load_verify_locations(cadata=cert.public_bytes(Encoding.PEM).decode())
+            self._ssl = ctx
+
+    def _workload(self) -> tuple[Workload, HostPort]:
+        t = self.settings.target
+        w = self.agent.state.bundle.inventory.find(t.namespace, t.name)
+        up = self.settings.upstream
+        if up is None:
+            if not w.addresses:
+                raise Refused(502, "no-upstream", f"{w.ref} has no address and no upstream")
+            up = HostPort(w.addresses[0], t.port)
+        return w, up
+
+    def _peer_by_address(self, client: tuple[str, int]) -> tuple[int, Labels, str]:
+        state = self.agent.state
+        ep = resolve_endpoint(state.table, state.bundle.inventory, f"cidr:{client[0]}")
+        return ep.identity, ep.labels, ep.display
+
+    async def _serve(self, conn: socket.socket) -> object:
+        agent = self.agent
+        client = _peer_addr(conn)
+        t = self.settings.target
+        peer = client[0]
+        identity = 0
+        cred: VerifiedIdentity | None = None
+        upstream: socket.socket | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            self._caps(None)
+            w, up_addr = self._workload()
+            reader: asyncio.StreamReader | None = None
+            if self._ssl is not None:
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        _accept_tls(conn, self._ssl), self.limits.handshake_timeout
+                    )
+                except (TimeoutError, ssl.SSLError, OSError) as exc:
+                    raise Refused(
+                        0, "tls-handshake-failed", f"TLS handshake failed: {exc}"
+                    ) from None
+                assert writer is not None
+                der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+                if der is None:
+                    raise Refused(0, "missing-credential", "no client certificate (SVID)")
+                # OpenSSL has checked the chain against the bundle roots; cport's SPIFFE
+                # rules (one URI SAN, not a CA, trust domain of the ID) run on the leaf.
+                cred = agent.verify_svid(der)
+                peer = cred.subject
+                identity, table = agent.state.identity_for(cred.labels)
+                labels = cred.labels
+            else:
+                identity, labels, peer = self._peer_by_address(client)
+                table = agent.state.table
+            rev = agent.revocations.match(cred, identity, time.time())
+            if rev is not None:
+                raise Refused(0, "revoked", f"revoked ({rev.kind} {rev.value})")
+            self._caps(identity)
+            attempt = Attempt(
+                identity,
+                labels,
+                peer,
+                cred,
+                w,
+                table.workload_ids[(w.namespace, w.name)],
+                t.port,
+                client,
+            )
+            outcome = self._decide(attempt)
+            if not outcome.allowed:
+                return None  # the client sees the connection closed; observe shows why
+            try:
+                upstream = await open_upstream(up_addr, self.limits.connect_timeout)
+            except OSError as exc:
+                raise Refused(
+                    0, "upstream-unreachable", f"cannot reach {w.ref}:{t.port} at {up_addr}: {exc}"
+                ) from None
+            up = upstream
+            if reader is not None and writer is not None:
+                ur, uw = await asyncio.open_connection(sock=up)
+                r, wr = reader, writer
+
+                async def go(counters: RelayCounters) -> object:
+                    try:
+                        return await relay_streams(r, wr, ur, uw, counters=counters)
+                    finally:
+                        uw.close()
+            else:
+
+                async def go(counters: RelayCounters) -> object:
+                    return await relay(conn, up, counters=counters)
+
+            await self._run_connection(attempt, outcome, up_addr, go, upstream)
+            upstream = None
+        except Refused as exc:
+            self._refused_record(
+                client, exc, peer, identity, f"{t.namespace}/{t.name}", t.port, cred
+            )
+        except CredentialError as exc:
+            self._refused_record(
+                client,
+                Refused(0, exc.code, exc.message),
+                peer,
+                0,
+                f"{t.namespace}/{t.name}",
+                t.port,
+            )
+        except (OSError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("listener connection from %s failed", client)
+        finally:
+            if upstream is not None:
+                upstream.close()
+            if writer is not None:
+                writer.close()
+            with contextlib.suppress(OSError):
+                conn.close()
+        return None
+
+
+async def _accept_tls(
+    conn: socket.socket, ctx: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
+
+
+__all__ = ["Gateway", "PortListener", "Refused", "listen_socket", "open_upstream"]

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench clean deps
+.PHONY: run demo test check bench clean deps
 
 $(STAMP): pyproject.toml tests/identity/oidc/package-lock.json
 	@bash scripts/bootstrap
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml tests/identity/oidc/package-lock.json
 deps: $(STAMP)
 
 run: $(STAMP)
+	@$(VENV)/bin/cport up
+
+demo: $(STAMP)
 	@bash scripts/demo $(VENV)/bin/cport
 
 test: $(STAMP)

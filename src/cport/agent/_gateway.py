@@ -21,7 +21,7 @@ import secrets
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cport.agent._conns import LiveConnection
 from cport.agent._decide import Attempt, Outcome, audit_event, evaluate
@@ -56,14 +56,6 @@ class Refused(CportError):
         self.extra = extra
 
 
-def _peer_addr(sock: socket.socket) -> tuple[str, int]:
-    try:
-        addr = sock.getpeername()
-        return str(addr[0]), int(addr[1])
-    except OSError:
-        return "", 0
-
-
 def listen_socket(hp: HostPort, backlog: int = 4096) -> socket.socket:
     family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -76,7 +68,12 @@ def listen_socket(hp: HostPort, backlog: int = 4096) -> socket.socket:
 
 async def open_upstream(hp: HostPort, timeout: float) -> socket.socket:
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(hp.host, hp.port, type=socket.SOCK_STREAM)
+    try:  # an address needs no resolver round trip through the executor
+        ip = ipaddress.ip_address(hp.host)
+        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        infos: list[Any] = [(fam, socket.SOCK_STREAM, 0, "", (hp.host, hp.port))]
+    except ValueError:
+        infos = await loop.getaddrinfo(hp.host, hp.port, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for family, kind, proto, _, addr in infos:
         sock = socket.socket(family, kind, proto)
@@ -102,7 +99,6 @@ class _Front:
         self.listen = listen
         self.limits = limits
         self._sock: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
 
     @property
@@ -113,37 +109,42 @@ class _Front:
 
     async def start(self) -> None:
         self._sock = listen_socket(self.listen)
-        self._accept_task = asyncio.create_task(self._accept_loop(), name=f"accept {self.listen}")
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_acceptable)
 
     async def stop_accepting(self) -> None:
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
-        if self._sock is not None:
+        if self._sock is not None and self._sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
 
     async def drain(self, timeout: float) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
-    async def _accept_loop(self) -> None:
+    def _on_acceptable(self) -> None:
+        """Accept every pending connection (up to a batch) in one wake-up: cheaper than a
+        future per `sock_accept`, and fair to connections already being served."""
         assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        while True:
+        for _ in range(64):
             try:
-                conn, _ = await loop.sock_accept(self._sock)
-            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: pause accepting, keep serving
                 log.warning("accept on %s failed: %s", self.listen, exc)
-                await asyncio.sleep(0.05)
-                continue
+                loop = asyncio.get_running_loop()
+                fd = self._sock.fileno()
+                loop.remove_reader(fd)
+                loop.call_later(0.05, loop.add_reader, fd, self._on_acceptable)
+                return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task: asyncio.Task[object] = asyncio.create_task(self._serve(conn))
+            task: asyncio.Task[object] = asyncio.create_task(
+                self._serve(conn, (str(addr[0]), int(addr[1])))
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: socket.socket) -> object:
+    async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> object:
         raise NotImplementedError
 
     # -- shared steps ------------------------------------------------------------------
@@ -412,10 +413,9 @@ class Gateway(_Front):
             ).encode(),
         )
 
-    async def _serve(self, conn: socket.socket) -> object:
+    async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> object:
         agent = self.agent
         loop = asyncio.get_running_loop()
-        client = _peer_addr(conn)
         peer = ""
         identity = 0
         workload = ""
@@ -577,9 +577,8 @@ class PortListener(_Front):
         ep = resolve_endpoint(state.table, state.bundle.inventory, f"cidr:{client[0]}")
         return ep.identity, ep.labels, ep.display
 
-    async def _serve(self, conn: socket.socket) -> object:
+    async def _serve(self, conn: socket.socket, client: tuple[str, int]) -> object:
         agent = self.agent
-        client = _peer_addr(conn)
         t = self.settings.target
         peer = client[0]
         identity = 0

@@ -155,10 +155,11 @@ def up_cmd(config_path: str | None, log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if config_path is None:
         from cport.agent._dev import run_quickstart
 
-        asyncio.run(run_quickstart())
+        _run(run_quickstart())
         return
     from cport.agent import Agent
     from cport.config import load_config
@@ -175,7 +176,11 @@ def up_cmd(config_path: str | None, log_level: str) -> None:
         agent.on_ready.append(_announce)
         await agent.run()
 
-    asyncio.run(main())
+    _run(main())
+
+
+def _run(coro: Any) -> None:
+    asyncio.run(coro)
 
 
 def _announce(agent: Any) -> None:

@@ -123,16 +123,48 @@ def vk(key: Any, kid: str | None = "k1", alg: str | None = None) -> Verification
 
 
 def check(tok: str, keys: list[VerificationKey], issuer: IssuerConfig = ISSUER) -> dict[str, Any]:
-    return verify_jws(parse_jws(tok, issuer.max_token_bytes), issuer, keys, NOW)
+    """The claims of `tok`, checked by `verify_jws` — and by a `Verifier`, whose own fast
+    path (cached headers, memoised labels) must accept exactly the same tokens."""
+    out = verify_jws(parse_jws(tok, issuer.max_token_bytes), issuer, keys, NOW)
+    if keys:  # a Verifier's key source has keys, or refuses with no-keys
+        for verifier in _verifiers(keys, issuer):
+            assert verifier.verify(tok, NOW).claims == out
+    return out
+
+
+def _verifiers(keys: list[VerificationKey], issuer: IssuerConfig) -> list[Verifier]:
+    """A fresh Verifier, and one whose header cache already holds the usual header (so the
+    cached-header path meets every token that carries it)."""
+    fresh = Verifier([issuer], StaticKeySource({issuer.name: keys}))
+    warm = Verifier([issuer], StaticKeySource({issuer.name: keys}))
+    for segment in _USUAL_HEADERS:
+        warm._headers[segment.encode()] = ("RS256", "k1")
+    return [fresh, warm]
+
+
+_USUAL_HEADERS = [
+    seg({"alg": "RS256", "typ": "JWT", "kid": "k1"}),
+    seg({"alg": "RS256", "kid": "k1"}),
+]
 
 
 def rejected(tok: str, keys: list[VerificationKey], issuer: IssuerConfig = ISSUER) -> str:
-    """The reason code `tok` is rejected with; the token never appears in the error."""
+    """The reason code `tok` is rejected with; the token never appears in the error. A
+    `Verifier` rejects it with the same code (``unknown-issuer`` where `verify_jws`, told the
+    issuer, says ``issuer-mismatch``), with and without the token's header cached."""
     with pytest.raises(CredentialError) as info:
         check(tok, keys, issuer)
     exc = info.value
     if tok:
         assert tok not in str(exc) and tok not in repr(exc)
+    if keys:
+        expected = "unknown-issuer" if exc.code == "issuer-mismatch" else exc.code
+        for verifier in _verifiers(keys, issuer):
+            with pytest.raises(CredentialError) as vinfo:
+                verifier.verify(tok, NOW)
+            assert vinfo.value.code == expected
+            if tok:
+                assert tok not in str(vinfo.value) and tok not in repr(vinfo.value)
     return exc.code
 
 
@@ -575,7 +607,7 @@ def test_the_verifier_caches_only_verified_headers(
     assert verifier._headers == {}  # a header whose signature failed is never kept
     good = token(rsa_key)
     verifier.verify(good, NOW)
-    assert list(verifier._headers) == [good.split(".")[0]]
+    assert list(verifier._headers) == [good.split(".")[0].encode()]
 
 
 def test_duplicate_member_in_header(rsa_key: Any, keys: list[VerificationKey]) -> None:

@@ -34,6 +34,8 @@ from cport.identity._labels import (
 #: (namespace, pod name) → the pod's identity labels, when the inventory knows it.
 PodResolver = Callable[[str, str], Labels | None]
 MAX_LABEL_VALUES = 256
+MEMO_SIZE = 4096  # label sets memoised per issuer (see `oidc_labels`)
+MEMO_MAX_VALUES = 64  # longer list claims are mapped afresh each time
 
 
 def _scalar(value: Any) -> str | None:
@@ -44,13 +46,22 @@ def _scalar(value: Any) -> str | None:
     return None
 
 
+# Label(source, key, value) without the named tuple's Python-level __new__: one frame less per
+# label, and a token maps to several.
+_new_tuple = tuple.__new__
+
+
 def _claim_labels(claims: dict[str, Any], issuer: IssuerConfig, source: str) -> list[Label]:
     out: list[Label] = []
     for mapping in issuer.claim_labels:
         value = claim_at(claims, mapping.path)
-        values = value if isinstance(value, list) else [value]
-        texts = [t for t in (_scalar(v) for v in values[:MAX_LABEL_VALUES]) if t is not None]
-        out.extend(Label(source, mapping.label, t) for t in texts)
+        if value is None:
+            continue
+        key = mapping.label
+        for item in value[:MAX_LABEL_VALUES] if isinstance(value, list) else (value,):
+            text = item if type(item) is str else _scalar(item)
+            if text is not None:
+                out.append(_new_tuple(Label, (source, key, text)))
     return out
 
 
@@ -62,10 +73,67 @@ def subject_of(claims: dict[str, Any]) -> str:
     raise CredentialError("the token names no subject", code="missing-claim")
 
 
-def oidc_labels(claims: dict[str, Any], issuer: IssuerConfig) -> tuple[Labels, str | None]:
-    """Labels of an OIDC token's holder, and the acting agent's subject if delegated."""
-    labels = [Label("oidc", "iss", issuer.name), Label("oidc", "sub", subject_of(claims))]
-    labels.extend(_claim_labels(claims, issuer, "oidc"))
+def _plain_values(claims: dict[str, Any], issuer: IssuerConfig) -> tuple[Any, ...] | None:
+    """The value of each of the issuer's mapped claims, when each is absent, a string or a
+    short list of strings (as a tuple); else None. As keys ``1``, ``1.0`` and ``true`` are
+    equal but as labels they are not, so other values are never memoised."""
+    out: list[str | tuple[str, ...] | None] = []
+    for mapping in issuer.claim_labels:
+        value = claim_at(claims, mapping.path)
+        cls = type(value)
+        if value is None or cls is str:
+            out.append(value)
+        elif cls is list and len(value) <= MEMO_MAX_VALUES:
+            for item in value:
+                if type(item) is not str:
+                    return None
+            out.append(tuple(value))
+        else:
+            return None
+    return tuple(out)
+
+
+def oidc_labels(
+    claims: dict[str, Any],
+    issuer: IssuerConfig,
+    memo: dict[tuple[Any, ...], Labels] | None = None,
+    *,
+    subject: str | None = None,
+) -> tuple[Labels, str | None]:
+    """Labels of an OIDC token's holder, and the acting agent's subject if delegated.
+
+    `memo` (optional; the caller's, bounded to :data:`MEMO_SIZE`) maps what the labels of a
+    token that is not delegated are a function of — the issuer's name and claim mapping, the
+    subject, the value of each mapped claim — to the label set already built, so the tokens
+    of one holder share one label set. One memo per issuer: the mapping is not in the key.
+    `subject`: :func:`subject_of` `claims`, if the caller has it already."""
+    if subject is None:
+        subject = subject_of(claims)
+    if memo is not None and "act" not in claims:
+        values = _plain_values(claims, issuer)
+        if values is not None:
+            key = (issuer.name, subject, values)
+            found = memo.get(key)
+            if found is not None:
+                return found, None
+            items = [
+                _new_tuple(Label, ("oidc", "iss", issuer.name)),
+                _new_tuple(Label, ("oidc", "sub", subject)),
+            ]
+            for mapping, value in zip(issuer.claim_labels, values, strict=True):
+                if type(value) is str:
+                    items.append(_new_tuple(Label, ("oidc", mapping.label, value)))
+                elif value is not None:
+                    for text in value:
+                        items.append(_new_tuple(Label, ("oidc", mapping.label, text)))
+            out = Labels(items)
+            if len(memo) >= MEMO_SIZE:
+                memo.pop(next(iter(memo)), None)  # oldest first (None: raced)
+            memo[key] = out
+            return out, None
+    labels = _claim_labels(claims, issuer, "oidc")
+    labels.append(_new_tuple(Label, ("oidc", "iss", issuer.name)))
+    labels.append(_new_tuple(Label, ("oidc", "sub", subject)))
     actor: str | None = None
     act = claims.get("act")
     if act is not None:
@@ -73,10 +141,10 @@ def oidc_labels(claims: dict[str, Any], issuer: IssuerConfig) -> tuple[Labels, s
             raise CredentialError("the act claim names no actor", code="malformed")
         actor = str(act.get("sub") or act.get("client_id"))
         labels += [Label("agent", "actor", actor), Label("agent", "iss", issuer.name)]
-        for key, value in act.items():
+        for k, value in act.items():
             text = _scalar(value)
-            if key not in ("sub", "act", "iss") and text is not None:
-                labels.append(Label("agent", key, text))
+            if k not in ("sub", "act", "iss") and text is not None:
+                labels.append(Label("agent", k, text))
     return Labels(labels), actor
 
 

@@ -3,6 +3,12 @@
 This is the I/O-touching shell around the pure `_jwt` checks: it asks a
 :class:`~cport.identity._keys.KeySource` for keys (which may fetch) and keeps a bounded cache
 of verified tokens keyed by the SHA-256 of the token, never past the token's ``exp``.
+
+Besides that cache, two small memos spare work on tokens never seen before, neither of which
+can be filled by an unverified token nor changes any check: the ``(alg, kid)`` of header
+segments that verified (an issuer's tokens share one header; the alg allowlist, the key's
+type and the signature are still checked per token), and per issuer the label sets of token
+holders (see :func:`~cport.identity._claims.oidc_labels`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,23 @@ from typing import Any
 
 from cport.errors import CredentialError, UnknownIssuer
 from cport.identity._claims import PodResolver, kubernetes_labels, oidc_labels, subject_of
-from cport.identity._credentials import VerifiedIdentity
+from cport.identity._credentials import VerifiedIdentity, verified_identity
 from cport.identity._issuer import IssuerConfig
-from cport.identity._jwt import parse_jws, remember_header, verify_jws
+from cport.identity._jwt import (
+    HEADER_CACHE_SIZE,
+    ascii_token,
+    check_alg,
+    check_claims,
+    check_signature,
+    decode_segment,
+    decode_signature,
+    header_fields,
+    split_jws,
+)
 from cport.identity._keys import KeySource
 from cport.identity._labels import Label, Labels
+
+_sha256 = hashlib.sha256
 
 
 class Verifier:
@@ -39,25 +57,28 @@ class Verifier:
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._by_iss: dict[str, IssuerConfig] = {}
+        # Per `iss`: the issuer, and the memo of its holders' label sets.
+        self._by_iss: dict[str, tuple[IssuerConfig, dict[tuple[Any, ...], Labels]]] = {}
         for cfg in issuers:
-            self._by_iss[cfg.issuer] = cfg
+            self._by_iss[cfg.issuer] = (cfg, {})
         self.keys = keys
         self.cluster = cluster
         self.resolve_pod = resolve_pod
         self._max_bytes = max((i.max_token_bytes for i in issuers), default=16 * 1024)
         self._cache: dict[bytes, VerifiedIdentity] = {}
-        self._headers: dict[str, dict[str, Any]] = {}  # decoded headers of verified tokens
+        self._headers: dict[bytes, tuple[str, str | None]] = {}  # verified header → alg, kid
         self._cache_size = cache_size
         self._clock = clock
 
     @property
     def issuers(self) -> list[IssuerConfig]:
-        return list(self._by_iss.values())
+        return [cfg for cfg, _ in self._by_iss.values()]
 
     def cached(self, token: str, now: float) -> VerifiedIdentity | None:
         """The cached identity of `token` if it was verified before and has not expired."""
-        hit = self._cache.get(hashlib.sha256(token.encode()).digest())
+        if not token.isascii():
+            return None  # never verified, so never cached
+        hit = self._cache.get(_sha256(token.encode("ascii")).digest())
         if hit is not None and now < hit.expires_at:
             return hit
         return None
@@ -66,45 +87,63 @@ class Verifier:
         """Verify `token` or raise :class:`~cport.errors.CredentialError` with a reason code."""
         if now is None:
             now = self._clock()
-        digest = hashlib.sha256(token.encode()).digest()
+        raw = ascii_token(token, self._max_bytes)
+        digest = _sha256(raw).digest()
         hit = self._cache.get(digest)
         if hit is not None:
             if now < hit.expires_at:
                 return hit
-            del self._cache[digest]
-        identity = self._verify(token, now, digest)
+            self._cache.pop(digest, None)
+        identity = self._verify(raw, now, digest)
         if self._cache_size <= 0:
             return identity
         if len(self._cache) >= self._cache_size:
-            del self._cache[next(iter(self._cache))]  # oldest first
+            self._cache.pop(next(iter(self._cache)), None)  # oldest first
         self._cache[digest] = identity
         return identity
 
-    def _verify(self, token: str, now: float, digest: bytes) -> VerifiedIdentity:
-        jws = parse_jws(token, self._max_bytes, self._headers)
-        iss = jws.claims.get("iss")
-        issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
+    def _verify(self, raw: bytes, now: float, digest: bytes) -> VerifiedIdentity:
+        h, p, s = split_jws(raw)
+        known = self._headers.get(h)
+        header = decode_segment(h, "header") if known is None else None
+        claims = decode_segment(p, "payload")
+        signature = decode_signature(s)
+        iss = claims.get("iss")
+        entry = self._by_iss.get(iss) if isinstance(iss, str) else None
+        if entry is None:
             raise UnknownIssuer("the token's issuer is not configured")
-        if len(token) > issuer.max_token_bytes:
+        issuer, memo = entry
+        if len(raw) > issuer.max_token_bytes:
             raise CredentialError("token over this issuer's size limit", code="token-too-large")
+        if header is not None:
+            alg, kid = header_fields(header)
+        else:
+            assert known is not None
+            alg, kid = known
+        check_alg(alg, issuer)
+        signing_input = raw[: len(h) + 1 + len(p)]
         try:
-            claims = verify_jws(jws, issuer, self.keys.keys(issuer, now), now)
+            keys = self.keys.keys(issuer, now)
+            check_signature(alg, kid, issuer, keys, signing_input, signature)
         except CredentialError as exc:
             # A new signing key the cache has not seen: refetch, rate-limited by the source.
             if exc.code != "unknown-kid" or not self.keys.refetch(issuer, now):
                 raise
-            claims = verify_jws(jws, issuer, self.keys.keys(issuer, now), now)
-        remember_header(jws, self._headers)
+            keys = self.keys.keys(issuer, now)
+            check_signature(alg, kid, issuer, keys, signing_input, signature)
+        check_claims(claims, issuer, now)
+        if header is not None and len(self._headers) < HEADER_CACHE_SIZE:
+            self._headers[h] = (alg, kid)  # only after the signature verified
         exp = float(claims["exp"])
         subject = subject_of(claims)
         jti = claims.get("jti")
         token_id = jti if isinstance(jti, str) and jti else digest.hex()
         actor: str | None = None
-        if issuer.kind == "kubernetes":
+        kind = issuer.kind
+        if kind == "kubernetes":
             labels = kubernetes_labels(claims, self.cluster, self.resolve_pod)
             kind = "k8s-serviceaccount"
-        elif issuer.kind == "spiffe-jwt":
+        elif kind == "spiffe-jwt":
             from cport.identity._spiffe import parse_spiffe_id
 
             try:
@@ -112,17 +151,7 @@ class Verifier:
             except CredentialError as exc:
                 raise CredentialError(exc.message, code="svid-invalid-id") from None
             labels = Labels([Label("spiffe", "id", subject), Label("spiffe", "trust-domain", td)])
-            kind = "spiffe-jwt"
         else:
-            labels, actor = oidc_labels(claims, issuer)
+            labels, actor = oidc_labels(claims, issuer, memo, subject=subject)
             kind = "oidc"
-        return VerifiedIdentity(
-            kind=kind,
-            labels=labels,
-            subject=subject,
-            issuer=issuer.name,
-            expires_at=exp,
-            token_id=token_id,
-            actor=actor,
-            claims=claims,
-        )
+        return verified_identity(kind, labels, subject, issuer.name, exp, token_id, actor, claims)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ..audit.pg import PgServer, PgUnavailable
 from .harness import AgentProcess, EchoServer, Issuer, free_port
 
 
@@ -57,3 +59,27 @@ def fresh_agent(
     a.start()
     yield a
     a.stop()
+
+
+def _pg_required() -> bool:
+    return (
+        os.environ.get("CI", "").lower() in ("true", "1")
+        or os.environ.get("CPORT_PRIVILEGED_TESTS") == "1"
+    )
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the stock-client tests; skipped with the
+    reason when none can be started — or failed with it when CI=true (as tests/audit does)."""
+    try:
+        server = PgServer().start()
+    except PgUnavailable as exc:
+        reason = f"PostgreSQL unavailable: {exc}"
+        if _pg_required():
+            pytest.fail(f"{reason} (CI=true or CPORT_PRIVILEGED_TESTS=1: not skipping)")
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()

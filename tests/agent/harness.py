@@ -363,3 +363,280 @@ def running(agent: AgentProcess) -> Iterator[AgentProcess]:
 def env_without_proxy() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     return env
+
+
+# -- additions for the stock-client, listener and quickstart tests -----------------------------
+
+
+def issuer_key_pem(issuer: Issuer) -> bytes:
+    """The issuer's private key as PKCS#8 PEM (for a token command running in another
+    process)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return issuer.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+_TOKEN_SCRIPT = '''\
+"""Print a fresh ES256 token for {sub!r} (a cport test's --token-command)."""
+import base64, json, secrets, time
+from pathlib import Path
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+key = serialization.load_pem_private_key(Path({key!r}).read_bytes(), None)
+now = int(time.time())
+payload = {{"iss": {iss!r}, "aud": "cport", "sub": {sub!r}, "iat": now, "nbf": now,
+           "exp": now + {ttl!r}, "jti": secrets.token_hex(8), "groups": {groups!r}}}
+header = {{"alg": "ES256", "typ": "JWT", "kid": {kid!r}}}
+signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
+r, s = decode_dss_signature(key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
+print(signing + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big")))
+'''
+
+
+def token_command(
+    issuer: Issuer, where: Path, sub: str, *, groups: list[str] | None = None, ttl: int = 600
+) -> str:
+    """Write a script minting a fresh token with `issuer`'s key on every run; returns the
+    command line for `cport connect --token-command`."""
+    key = where / "issuer-key.pem"
+    if not key.exists():
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(issuer_key_pem(issuer))
+    script = where / f"token-{sub}.py"
+    script.write_text(
+        _TOKEN_SCRIPT.format(
+            key=str(key), iss=issuer.url, sub=sub, ttl=ttl, groups=groups or [], kid=issuer.kid
+        )
+    )
+    return f"{sys.executable} {script}"
+
+
+def read_line(stream: Any, timeout: float) -> bytes:
+    """One line from a child's (binary, unbuffered-read) pipe, waiting at most `timeout`
+    seconds; what arrived so far (without a newline) when the time is up or the pipe
+    closes. Reads byte by byte so nothing past the line is consumed."""
+    import select
+
+    fd = stream.fileno()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            byte = os.read(fd, 1)
+            if not byte:
+                break
+            buf += byte
+    return buf
+
+
+class ConnectProcess:
+    """`cport connect --to TARGET --via GATEWAY …` as a child process; `port` is the local
+    port it printed on standard output, `stderr()` what it reported (refusals, refreshes)."""
+
+    def __init__(
+        self,
+        target: str,
+        gateway_port: int,
+        root: Path,
+        *,
+        token_file: Path | None = None,
+        token_command: str | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        args = [
+            CPORT,
+            "connect",
+            "--to",
+            target,
+            "--via",
+            f"127.0.0.1:{gateway_port}",
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        if token_file is not None:
+            args += ["--token-file", str(token_file)]
+        if token_command is not None:
+            args += ["--token-command", token_command]
+        root.mkdir(parents=True, exist_ok=True)
+        self.err_path = root / f"connect-{secrets.token_hex(4)}.err"
+        self._err = open(self.err_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._err, env=env_without_proxy()
+        )
+        try:
+            self.port = self._read_port(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_port(self, timeout: float) -> int:
+        assert self.proc.stdout is not None
+        line = read_line(self.proc.stdout, timeout)
+        if not line.endswith(b"\n"):
+            raise RuntimeError(f"cport connect printed no address:\n{self.stderr()}")
+        host, _, port = line.decode().strip().rpartition(":")
+        assert host == "127.0.0.1", line
+        return int(port)
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ConnectProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def audit_closes(agent: AgentProcess, subject: str, timeout: float = 10.0) -> list[Any]:
+    """The close events of `subject` in the agent's audit record (waits, bounded, for one)."""
+    found = wait_for(
+        lambda: agent.api(
+            "GET", "/v1/audit/events", params={"subject": subject, "kind": "close"}
+        ).json()["events"],
+        timeout=timeout,
+    )
+    return list(found or [])
+
+
+class SpiffeCA:
+    """A SPIFFE trust domain's CA: issues X.509-SVIDs (leaf, URI SAN, not a CA) and a TLS
+    server certificate for 127.0.0.1."""
+
+    def __init__(self, trust_domain: str) -> None:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        self.trust_domain = trust_domain
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def pem(self) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return self.cert.public_bytes(Encoding.PEM)
+
+    def issue(
+        self, *, uri: str | None = None, ip: str | None = None, server: bool = False
+    ) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a leaf: an SVID for `uri`, or a server cert for
+        `ip`."""
+        import datetime as dt
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        sans: list[x509.GeneralName] = []
+        if uri is not None:
+            sans.append(x509.UniformResourceIdentifier(uri))
+        if ip is not None:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri or ip or "x")]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(minutes=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    def write(self, where: Path, stem: str, **kwargs: Any) -> tuple[Path, Path]:
+        """Issue a leaf and write it as `stem`.pem / `stem`.key under `where`."""
+        cert, key = self.issue(**kwargs)
+        cp, kp = where / f"{stem}.pem", where / f"{stem}.key"
+        cp.write_bytes(cert)
+        kp.write_bytes(key)
+        kp.chmod(0o600)
+        return cp, kp

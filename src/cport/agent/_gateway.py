@@ -268,7 +268,7 @@ class _Front:
         outcome: Outcome,
         upstream_addr: HostPort,
         relay_call: object,
-        upstream: socket.socket,
+        upstream: socket.socket | None,
         conn_id: str | None = None,
     ) -> None:
         """Register, relay (via `relay_call(counters)`), and record the close."""
@@ -305,8 +305,9 @@ class _Front:
             agent.metrics.open_connections.dec()
             if live.close_reason is not None:
                 termination = live.close_reason
-            with contextlib.suppress(OSError):
-                upstream.close()
+            if upstream is not None:  # None: a stream transport owns (and closes) it
+                with contextlib.suppress(OSError):
+                    upstream.close()
             duration = time.monotonic_ns() - started
             d = outcome.decision
             agent.submit(
@@ -635,13 +636,18 @@ class PortListener(_Front):
                     0, "upstream-unreachable", f"cannot reach {w.ref}:{t.port} at {up_addr}: {exc}"
                 ) from None
             up = upstream
+            owned: socket.socket | None = upstream
             if reader is not None and writer is not None:
                 ur, uw = await asyncio.open_connection(sock=up)
+                owned = None  # the stream transport owns the socket from here on
                 r, wr = reader, writer
 
                 async def go(counters: RelayCounters) -> object:
                     try:
                         return await relay_streams(r, wr, ur, uw, counters=counters)
+                    except asyncio.CancelledError:
+                        uw.transport.abort()  # a revoked peer's unsent bytes are dropped
+                        raise
                     finally:
                         uw.close()
             else:
@@ -649,8 +655,8 @@ class PortListener(_Front):
                 async def go(counters: RelayCounters) -> object:
                     return await relay(conn, up, counters=counters)
 
-            await self._run_connection(attempt, outcome, up_addr, go, upstream)
             upstream = None
+            await self._run_connection(attempt, outcome, up_addr, go, owned)
         except Refused as exc:
             self._refused_record(
                 client, exc, peer, identity, f"{t.namespace}/{t.name}", t.port, cred
@@ -672,9 +678,13 @@ class PortListener(_Front):
             if upstream is not None:
                 upstream.close()
             if writer is not None:
+                # The TLS transport owns `conn`: it closes it after its shutdown. Closing the
+                # descriptor under it would let a new socket reuse the number while the
+                # transport still has it registered with the event loop.
                 writer.close()
-            with contextlib.suppress(OSError):
-                conn.close()
+            else:
+                with contextlib.suppress(OSError):
+                    conn.close()
         return None
 
 

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from cport.agent._conns import LiveConnection, Registry
 from cport.agent._decide import Explanations
+from cport.agent._ebpf import EbpfEnforcer
 from cport.agent._flows import FlowHub
 from cport.agent._gateway import Gateway, PortListener
 from cport.agent._revocations import Revocations
@@ -106,6 +107,10 @@ class Agent:
             else None
         )
         self.listeners = [PortListener(self, ls) for ls in s.listeners]
+        self.ebpf: EbpfEnforcer | None = None
+        if s.datapath.mode == "ebpf":
+            assert s.datapath.interface is not None
+            self.ebpf = EbpfEnforcer(self, s.datapath.interface, s.datapath.pin_root)
         self.realised: dict[str, int] = {}
         self.ready = False
         self._stop = asyncio.Event()
@@ -126,6 +131,8 @@ class Agent:
         else:
             self.store = SQLiteStore(s.audit.path or s.state_dir / "audit.db", signer)
         self.writer = AuditWriter(self.store, metrics=self.metrics)
+        if self.ebpf is not None:
+            await self.ebpf.start()
         for front in self._fronts():
             await front.start()
             self.realised[front.enforcer] = self.state.table.revision
@@ -182,6 +189,8 @@ class Agent:
         if self.api is not None:
             await self.api.stop()  # type: ignore[attr-defined]
             self.api = None
+        if self.ebpf is not None:
+            await self.ebpf.stop()
         self.flows.close()
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
@@ -284,11 +293,16 @@ class Agent:
         for conn, reason in closed:
             self.metrics.closed_by_recheck.labels(reason).inc()
             log.info("closing %s → %s:%d: %s", conn.peer, conn.workload_ref, conn.port, reason)
-        for name in self.realised:
-            self.realised[name] = table.revision
-            self.metrics.realised.labels(name).set(table.revision)
+        for front in self._fronts():
+            self.set_realised(front.enforcer, table.revision)
+        if self.ebpf is not None:
+            self.ebpf.changed()  # syncs a new revision, drops expired or revoked grants
         self.metrics.revision.set(table.revision)
         return len(closed)
+
+    def set_realised(self, enforcer: str, revision: int) -> None:
+        self.realised[enforcer] = revision
+        self.metrics.realised.labels(enforcer).set(revision)
 
     def recheck_one(self, conn: LiveConnection) -> None:
         reason = Registry._why_not(conn, self.state.table, time.time(), self._revoked)
@@ -315,6 +329,7 @@ class Agent:
                 )
                 for f in self._fronts()
             },
+            "ebpf": None if self.ebpf is None else self.ebpf.status(),
             "audit": {
                 "store": self.settings.audit.store,
                 "healthy": self.audit_error is None,

@@ -150,6 +150,8 @@ class ApiServer:
         r.add_get("/v1/revocations", self.revocations)
         r.add_post("/v1/revocations", self.revoke)
         r.add_delete("/v1/revocations/{id}", self.unrevoke)
+        r.add_get("/v1/grants", self.grants)
+        r.add_post("/v1/grants", self.grant)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -340,6 +342,25 @@ class ApiServer:
         if not self.agent.revocations.remove(request.match_info["id"]):
             return _error(404, "unknown-revocation", "no such revocation")
         return web.json_response({"removed": request.match_info["id"]})
+
+    async def grants(self, request: web.Request) -> web.Response:
+        ebpf = self.agent.ebpf
+        items = [] if ebpf is None else [g.to_json() for g in ebpf.grants.values()]
+        return web.json_response({"grants": items})
+
+    async def grant(self, request: web.Request) -> web.Response:
+        ebpf = self.agent.ebpf
+        if ebpf is None:
+            return _error(
+                409,
+                "no-kernel-enforcer",
+                "grants open auth-required ports in the eBPF datapath; this agent "
+                "runs without one (cport up --datapath ebpf)",
+            )
+        body = await request.json()
+        credential = await self.agent.verify(str(body["token"]))
+        g = await ebpf.grant(credential, str(body["address"]))
+        return web.json_response({"grant": g.to_json()}, status=201)
 
 
 def _rev_json(r: Any) -> dict[str, object]:

@@ -221,6 +221,32 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"201": _ok("Revoked."), "400": _ERROR},
             },
         },
+        "/v1/grants": {
+            "get": {
+                "summary": "Kernel grants in force (eBPF datapath)",
+                "responses": {"200": _ok("Grants.")},
+            },
+            "post": {
+                "summary": "Verify a credential and open auth-required ports for the address "
+                "it speaks for, until it expires or is revoked (eBPF datapath)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["token", "address"],
+                                "properties": {
+                                    "token": {"type": "string"},
+                                    "address": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"201": _ok("Granted."), "400": _ERROR, "401": _ERROR, "409": _ERROR},
+            },
+        },
         "/v1/revocations/{id}": {
             "delete": {
                 "summary": "Lift a revocation",

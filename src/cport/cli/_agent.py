@@ -138,13 +138,32 @@ def _client(
     "quickstart estate on loopback (development only).",
 )
 @click.option(
+    "--datapath",
+    type=click.Choice(["proxy", "ebpf"]),
+    default=None,
+    help="Also enforce in the kernel with eBPF (needs root, BPF and tc) "
+    "[default: the config's datapath.mode, else proxy].",
+)
+@click.option("--interface", default=None, help="The interface the eBPF programs guard.")
+@click.option(
+    "--pin-root",
+    default=None,
+    help="bpffs directory for pinned maps and programs [default: /sys/fs/bpf/cport].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
 )
 @handle_errors
-def up_cmd(config_path: str | None, log_level: str) -> None:
+def up_cmd(
+    config_path: str | None,
+    datapath: str | None,
+    interface: str | None,
+    pin_root: str | None,
+    log_level: str,
+) -> None:
     """Run the agent: enforce policy on real connections, audit them, serve the local API.
 
     Reloads policies and inventory when their files change (a bad change keeps the last good
@@ -165,6 +184,19 @@ def up_cmd(config_path: str | None, log_level: str) -> None:
     from cport.config import load_config
 
     config = load_config(config_path)
+    if datapath or interface or pin_root:
+        from dataclasses import replace
+
+        dp = config.agent.datapath
+        dp = replace(
+            dp,
+            mode=datapath or ("ebpf" if interface else dp.mode),
+            interface=interface or dp.interface,
+            pin_root=pin_root or dp.pin_root,
+        )
+        if dp.mode == "ebpf" and not dp.interface:
+            raise click.UsageError("--datapath ebpf needs --interface IFACE")
+        config.agent.datapath = dp
     if not config.agent.policies:
         raise CportError(
             f"{config_path} names no policies (policies: [paths])", code="invalid-config"

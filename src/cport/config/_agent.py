@@ -45,6 +45,7 @@ _ROOT_KEYS = frozenset(
         "listeners",
         "audit",
         "recheckInterval",
+        "datapath",
     }
 )
 
@@ -121,6 +122,15 @@ class AuditSettings:
     dsn: str | None = None  # postgres
 
 
+@dataclass(frozen=True, slots=True)
+class DatapathSettings:
+    """Which kernel enforcer runs beside the proxy: none, or eBPF on one interface."""
+
+    mode: str = "proxy"  # proxy | ebpf
+    interface: str | None = None
+    pin_root: str | None = None  # default /sys/fs/bpf/cport
+
+
 @dataclass
 class AgentSettings:
     """What `cport up` runs, validated."""
@@ -134,6 +144,7 @@ class AgentSettings:
     listeners: tuple[ListenerSettings, ...] = ()
     audit: AuditSettings = AuditSettings()
     recheck_interval: float = 0.25  # how often expiry is checked (live re-check ≤ 1 s)
+    datapath: DatapathSettings = DatapathSettings()
 
     def api_settings(self) -> ApiSettings:
         return self.api or ApiSettings(socket=self.state_dir / "agent.sock")
@@ -268,6 +279,15 @@ def parse_agent(root: Cursor, base: Path, duration: object) -> AgentSettings:
             path=base / c.string() if (c := au.get("path")) is not None else None,
             dsn=dsn,
         )
+    if (dp := root.get("datapath")) is not None:
+        dp.mapping({"mode", "interface", "pinRoot"})
+        mode = c.choice(("proxy", "ebpf")) if (c := dp.get("mode")) else "proxy"
+        iface = c.string() if (c := dp.get("interface")) is not None else None
+        if mode == "ebpf" and iface is None:
+            dp.require("interface", "the interface whose traffic the eBPF programs enforce")
+        out.datapath = DatapathSettings(
+            mode, iface, c.string() if (c := dp.get("pinRoot")) is not None else None
+        )
     if out.api is None:
         out.api = ApiSettings(socket=out.state_dir / "agent.sock")
     return out
@@ -277,6 +297,7 @@ __all__ = [
     "AgentSettings",
     "ApiSettings",
     "AuditSettings",
+    "DatapathSettings",
     "GatewaySettings",
     "HostPort",
     "Limits",

@@ -68,6 +68,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
 # field-value characters: VCHAR, obs-text, SP, HTAB (no other control characters, no DEL)
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# control characters never allowed anywhere in a head (HTAB, LF and CR are judged separately)
+_HEAD_CTLS: Final = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -154,6 +156,11 @@ def _parse_target(target: str) -> tuple[str, int]:
 
 def _parse_head(head: bytes, leftover: bytes) -> ConnectRequest:
     """``head``: the request line and header lines, each ending in LF (no empty line)."""
+    # whole-head checks at C speed: no control characters, and every CR ends a line
+    if len(head.translate(None, _HEAD_CTLS)) != len(head):
+        raise _bad("control character in the request head")
+    if head.count(b"\r") != head.count(b"\r\n"):
+        raise _bad("bare CR in the request head")
     lines = head.split(b"\n")
     lines.pop()  # head ends with LF: the last element is empty
     method, target = _check_request_line(lines[0])
@@ -169,8 +176,6 @@ def _parse_head(head: bytes, leftover: bytes) -> ConnectRequest:
             raise _bad("malformed header line (no colon)")
         if not _TOKEN.fullmatch(name_b):
             raise _bad("malformed header name")
-        if _BAD_VALUE_CHAR.search(value_b):
-            raise _bad("control character in a header value")
         name = name_b.decode("ascii").lower()
         value = value_b.decode("latin-1").strip(" \t")
         if name in _SINGLETONS and (

@@ -362,3 +362,20 @@ def test_readers_run_safely_while_the_writer_commits(
     assert problems == []
     assert counts == sorted(counts)
     assert sqlite_store.count(AuditFilter()) == 1500
+
+
+def test_submit_many_commits_together_and_resolves_every_seq(sqlite_store: SQLiteStore) -> None:
+    """The agent hands the writer its events in groups: each group's future gives one
+    sequence number per event, in order, interleaved correctly with single submits."""
+    writer = AuditWriter(sqlite_store)
+    try:
+        gen = [ev(i) for i in range(7)]
+        single = writer.submit(gen[0])
+        many = writer.submit_many(gen[1:6])
+        last = writer.submit(gen[6])
+        seqs = [single.result(10), *many.result(10), last.result(10)]
+    finally:
+        writer.close()
+    assert seqs == sorted(seqs) and len(set(seqs)) == 7
+    stored = {s.seq: s.event for s in sqlite_store.query(AuditFilter())}
+    assert [stored[q] for q in seqs] == gen

@@ -101,6 +101,7 @@ class Agent:
         self.store: SQLiteStore | PostgresStore | None = None
         self.writer: AuditWriter | None = None
         self.audit_error: str | None = None
+        self._pending: list[AuditEvent] = []
         self.gateway = (
             Gateway(self, s.gateway.listen, s.gateway.limits, s.gateway.upstreams)
             if s.gateway is not None
@@ -192,6 +193,7 @@ class Agent:
         if self.ebpf is not None:
             await self.ebpf.stop()
         self.flows.close()
+        self._flush_audit()
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
             self.writer = None
@@ -224,14 +226,22 @@ class Agent:
 
     # -- audit -------------------------------------------------------------------------
     def submit(self, event: AuditEvent) -> None:
-        """Queue an audit event. A failing store is reported on /readyz and in the status
-        and makes the enforcers refuse new connections (fail closed)."""
+        """Queue an audit event. Events gather for 5 ms and go to the writer thread together
+        (one wake-up, not one per event; the writer commits them in one transaction). A
+        failing store is reported on /readyz and in the status and makes the enforcers
+        refuse new connections (fail closed)."""
         if self.writer is None:
             return
-        fut = self.writer.submit(event)
-        fut.add_done_callback(self._audit_done)
+        if not self._pending:
+            asyncio.get_running_loop().call_later(0.005, self._flush_audit)
+        self._pending.append(event)
 
-    def _audit_done(self, fut: Future[int]) -> None:
+    def _flush_audit(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch and self.writer is not None:
+            self.writer.submit_many(batch).add_done_callback(self._audit_done)
+
+    def _audit_done(self, fut: Future[Any]) -> None:
         exc = fut.exception()
         if exc is not None:
             self.audit_error = f"{type(exc).__name__}: {exc}"

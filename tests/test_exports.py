@@ -15,6 +15,9 @@ PACKAGES = [
     "cport.errors",
     "cport.audit",
     "cport.config",
+    "cport.agent",
+    "cport.proxy",
+    "cport.ebpf",
 ]
 
 

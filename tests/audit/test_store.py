@@ -8,6 +8,7 @@ the SQLite store itself (several handles on one file, reopening, a failing appen
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import sqlite3
@@ -218,6 +219,35 @@ def test_stored_hashes_are_the_chain_over_canonical_bodies(store: Any) -> None:
     for stored, event in zip(store.query(AuditFilter()), events, strict=True):
         prev = link(prev, event.body())
         assert stored.hash == prev
+
+
+class _Verdict(enum.StrEnum):
+    DENIED = "denied"
+
+
+class _Port(enum.IntEnum):
+    POSTGRES = 5432
+
+
+def test_unusual_values_round_trip_and_verify(store: Any) -> None:
+    """Values the fast encoder hands to json (or that PostgreSQL text cannot hold) are stored
+    as their canonical body says, read back, filtered and verified like any other."""
+    events = [
+        ev(0, subject="nul\x00inside", reason='tab\tnew\nline\\ "q"', token_id="\x00"),
+        ev(1, verdict=_Verdict.DENIED, port=_Port.POSTGRES),
+        ev(2, peer_labels=["a", "list"], policies=(PolicyRef("PortPolicy", "n\x00s", "p", 1),)),
+        ev(3, node="nœud ✓ \U0001f600", extra={"z": 1, "a": [None, True]}),
+        ev(4, bytes_in=2**62, src_port=-1),
+    ]
+    assert store.append(events) == [1, 2, 3, 4, 5]
+    got = list(store.query(AuditFilter()))
+    assert [g.event.body() for g in got] == [e.body() for e in events]
+    assert got[0].event.subject == "nul\x00inside"
+    assert _seqs(store, AuditFilter(verdict="denied")) == [2]
+    assert _seqs(store, AuditFilter(port=5432)) == [1, 2, 3, 4, 5]
+    assert _seqs(store, AuditFilter(policy="p")) == [3]
+    report = store.verify()
+    assert report.ok and report.records == 5, report
 
 
 # -- filters, limit, after_seq, count --------------------------------------------------------
@@ -895,3 +925,39 @@ def test_sqlite_failed_append_is_an_audit_error_and_commits_nothing(tmp_path: Pa
         assert st.verify().ok
     finally:
         st.close()
+
+
+def test_sqlite_queries_reuse_readers_and_see_new_records(tmp_path: Path) -> None:
+    st = SQLiteStore(tmp_path / "audit.db")
+    try:
+        st.append([ev(0)])
+        assert _seqs(st, AuditFilter()) == [1]
+        st.append([ev(1)])
+        assert _seqs(st, AuditFilter()) == [1, 2]  # a pooled reader: a fresh snapshot
+        # An abandoned query keeps its snapshot (and its reader) until it is closed; it
+        # never blocks the writer.
+        it = st.query(AuditFilter())
+        assert next(it).seq == 1
+        assert st.append([ev(2)]) == [3]
+        assert [s.seq for s in it] == [2]  # its answer is as of when it started
+        it.close()
+        # More queries open at once than the pool keeps: all answer, the pool stays small.
+        many = [st.query(AuditFilter()) for _ in range(7)]
+        assert [next(q).seq for q in many] == [1] * 7
+        st.append([ev(3)])
+        assert [[s.seq for s in q] for q in many] == [[2, 3]] * 7
+        assert _seqs(st, AuditFilter()) == [1, 2, 3, 4]
+        assert 1 <= len(st._readers) <= 4
+    finally:
+        st.close()
+    assert st._readers == []
+
+
+def test_sqlite_a_closed_store_keeps_no_reader(tmp_path: Path) -> None:
+    st = SQLiteStore(tmp_path / "audit.db")
+    st.append([ev(0)])
+    it = st.query(AuditFilter())
+    assert next(it).seq == 1
+    st.close()
+    assert list(it) == []  # finishes on its own connection, which is then closed
+    assert st._readers == []

@@ -20,15 +20,18 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
+from hashlib import sha256
+from itertools import starmap
 from typing import Any, NoReturn
 
 import psycopg
 from psycopg import IsolationLevel
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import BytesBinaryDumper
 
-from cport.audit._chain import GENESIS, Checkpoint, Signer, link
-from cport.audit._event import AuditEvent
-from cport.audit._sqlite import _COLUMNS, where
+from cport.audit._chain import GENESIS, Checkpoint, Signer
+from cport.audit._event import AuditEvent, encode
+from cport.audit._sqlite import _COLUMNS, _GET_COLUMNS, where
 from cport.audit._store import (
     AuditFilter,
     StoredEvent,
@@ -49,6 +52,8 @@ _COPY_TYPES = [
     "bytea",
     "bytea",
 ]
+# In a canonical body a NUL in any str field (and so in any text column) is the escape \u0000.
+_NUL = b"\\u0000"
 _QUERY_CHUNK = 1000  # rows per round trip when `query` pages through the record
 _VERIFY_CHUNK = 5000  # rows per fetch from the server-side cursor in `verify`
 
@@ -137,6 +142,12 @@ class PostgresStore:
             f"COPY {self._events} (seq, {', '.join(_COLUMNS)}, policies, body, prev_hash, hash) "
             "FROM STDIN (FORMAT BINARY)"
         )
+        self._lock_head_sql = (
+            f"SELECT id FROM {self._head_table} WHERE id = 1 FOR UPDATE; "
+            f"SELECT (SELECT value FROM {self._meta_table} WHERE key = 'anchor'), e.seq, e.hash "
+            f"FROM (SELECT) AS one LEFT JOIN LATERAL (SELECT seq, hash FROM {self._events} "
+            "ORDER BY seq DESC LIMIT 1) AS e ON true"
+        )
         self._conn: psycopg.Connection[Any] | None = None
         with self._lock:
             conn = self._connection()
@@ -174,6 +185,9 @@ class PostgresStore:
             conn.read_only = read_only
             # "Durable on return": never let a server or role default weaken COMMIT.
             conn.execute("SET synchronous_commit TO on")
+            # COPY picks dumpers by type OID: for bytea that is psycopg's DB-API `Binary`
+            # dumper, in Python; our bytes need no wrapper, so take the plain (C) one.
+            conn.adapters.register_dumper(bytes, BytesBinaryDumper)
         except psycopg.Error as exc:
             conn.close()
             self._raise("cannot set up a session on", exc, "audit-store-unavailable")
@@ -204,16 +218,23 @@ class PostgresStore:
                 self._conn = None
 
     # -- writing -------------------------------------------------------------------------
-    def _head(self, conn: psycopg.Connection[Any]) -> tuple[int, bytes]:
-        row = conn.execute(
-            f"SELECT seq, hash FROM {self._events} ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        if row is not None:
-            return int(row[0]), bytes(row[1])
-        anchor = self._meta(conn, "anchor")
+    def _lock_head(self, conn: psycopg.Connection[Any]) -> tuple[int, bytes]:
+        """Lock the chain head for this transaction and read it: one round trip, two
+        statements. The read must be a statement of its own, after the lock is granted: in
+        READ COMMITTED each statement takes a fresh snapshot, so it sees the batch the lock
+        waited for (a join in the locking statement would read the old snapshot and fork
+        the chain)."""
+        with conn.cursor() as cur:
+            cur.execute(self._lock_head_sql, prepare=False)
+            cur.nextset()
+            row = cur.fetchone()
+        assert row is not None
+        anchor, seq, h = row
+        if seq is not None:
+            return int(seq), bytes(h)
         if anchor:
-            seq, h = anchor.split(":")
-            return int(seq), bytes.fromhex(h)
+            seq_text, hex_hash = str(anchor).split(":")
+            return int(seq_text), bytes.fromhex(hex_hash)
         return 0, GENESIS
 
     def _meta(self, conn: psycopg.Connection[Any], key: str) -> str | None:
@@ -221,9 +242,6 @@ class PostgresStore:
             f"SELECT value FROM {self._meta_table} WHERE key = %s", (key,)
         ).fetchone()
         return None if row is None else str(row[0])
-
-    def _lock_head(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(f"SELECT id FROM {self._head_table} WHERE id = 1 FOR UPDATE")
 
     def _put_checkpoint(self, conn: psycopg.Connection[Any], cp: Checkpoint) -> None:
         conn.execute(
@@ -241,16 +259,19 @@ class PostgresStore:
             try:
                 conn = self._connection()
                 with conn.transaction():
-                    self._lock_head(conn)
-                    seq, prev = self._head(conn)
+                    seq, prev = self._lock_head(conn)
                     first = seq + 1
                     with conn.cursor() as cur, cur.copy(self._copy_sql) as copy:
                         copy.set_types(_COPY_TYPES)
+                        write_row = copy.write_row
                         for ev in events:
                             seq += 1
-                            body = ev.body()
-                            h = link(prev, body)
-                            copy.write_row((seq, *_columns(ev), _policies(ev), body, prev, h))
+                            body, column, fast = encode(ev)
+                            h = sha256(prev + body).digest()
+                            if fast and _NUL not in body:  # exact ints and strs, no NUL
+                                write_row((seq, *_GET_COLUMNS(ev), column, body, prev, h))
+                            else:
+                                write_row((seq, *_columns(ev), _text(column), body, prev, h))
                             prev = h
             except psycopg.Error as exc:
                 self._raise("append failed on", exc, "audit-write-failed")
@@ -264,8 +285,7 @@ class PostgresStore:
             try:
                 conn = self._connection()
                 with conn.transaction():
-                    self._lock_head(conn)
-                    seq, head = self._head(conn)
+                    seq, head = self._lock_head(conn)
                     if seq == 0:
                         return None
                     cp = self.signer.sign(seq, head, time.time_ns())
@@ -328,8 +348,9 @@ class PostgresStore:
     def query(
         self, flt: AuditFilter, *, limit: int | None = None, after_seq: int = 0
     ) -> Iterator[StoredEvent]:
-        """Matching events in seq order, fetched in pages (keyset on seq), so a long iteration
-        holds neither a transaction nor the store's lock between pages."""
+        """Matching events in seq order, their events decoded on first access (`StoredEvent`),
+        fetched in pages (keyset on seq), so a long iteration holds neither a transaction nor
+        the store's lock between pages."""
         cond, args = where(flt, "%s", "strpos(policies, {ph}) > 0")
         cond = (cond + " AND seq > %s") if cond else " WHERE seq > %s"
         sql = f"SELECT seq, body, hash FROM {self._events}{cond} ORDER BY seq LIMIT %s"
@@ -342,8 +363,7 @@ class PostgresStore:
                     rows = self._connection().execute(sql, [*args, last, page]).fetchall()
                 except psycopg.Error as exc:
                     self._raise("query failed on", exc, "audit-store-unavailable")
-            for seq, body, h in rows:
-                yield StoredEvent(int(seq), AuditEvent.from_body(bytes(body)), bytes(h))
+            yield from starmap(StoredEvent.from_row, rows)
             if len(rows) < page:
                 return
             last = int(rows[-1][0])

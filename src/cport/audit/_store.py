@@ -26,11 +26,56 @@ class AuditFilter:
     kind: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    seq: int
-    event: AuditEvent
-    hash: bytes
+    """One record as `Store.query` yields it: its sequence number, its event and its chain
+    hash. A store yields it undecoded (`from_row`): the event is decoded from the stored
+    canonical body on first access to `event` (an unreadable body raises then, as
+    `AuditEvent.from_body` does), so a query that only needs ``seq`` and ``hash`` — paging,
+    counting, hashes — never pays for JSON. Read-only; equal when seq, hash and event are."""
+
+    __slots__ = ("_body", "_event", "_hash", "_seq")
+    _seq: int
+    _event: AuditEvent | None
+    _hash: bytes
+    _body: bytes | None
+
+    def __init__(self, seq: int, event: AuditEvent, hash: bytes) -> None:
+        self._seq, self._event, self._hash, self._body = seq, event, hash, None
+
+    @classmethod
+    def from_row(cls, seq: int, body: bytes, hash: bytes) -> StoredEvent:
+        """A stored record, its event decoded from `body` when first asked for."""
+        self = cls.__new__(cls)
+        self._seq, self._event, self._hash, self._body = seq, None, hash, body
+        return self
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def hash(self) -> bytes:
+        return self._hash
+
+    @property
+    def event(self) -> AuditEvent:
+        event = self._event
+        if event is None:
+            assert self._body is not None
+            event = self._event = AuditEvent.from_body(self._body)
+            self._body = None
+        return event
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return (self.seq, self.hash, self.event) == (other.seq, other.hash, other.event)
+
+    def __hash__(self) -> int:
+        return hash((self._seq, self._hash))
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(seq={self._seq!r}, event={self.event!r}, hash={self._hash!r})"
 
 
 @dataclass

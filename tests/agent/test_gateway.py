@@ -165,6 +165,8 @@ def test_observe_and_who_show_allowed_and_denied(agent: AgentProcess, issuer: Is
     }
     who = agent.api("GET", "/v1/audit/who", params={"subject": "frank"}).json()["who"]
     assert {r["workload"] for r in who} == {"shop/web", "shop/db"}
+    # One attempt each: a relayed connection's close event is not counted again.
+    assert {r["workload"]: r["count"] for r in who} == {"shop/web": 1, "shop/db": 1}
 
 
 def test_observe_follow_streams_new_flows(agent: AgentProcess, issuer: Issuer) -> None:

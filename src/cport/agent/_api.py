@@ -7,6 +7,7 @@ at ``/openapi.json``; `cport status|observe|revoke|reload` are clients of this A
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -314,6 +315,8 @@ class ApiServer:
         if store is None:
             return _error(503, "audit-store-unavailable", "the agent is not running")
         flt = self._audit_filter(request)
+        if flt.kind is None:  # count attempts, not each connection's decision and close
+            flt = dataclasses.replace(flt, kind="decision")
         rows = await asyncio.get_running_loop().run_in_executor(None, store.who, flt)
         return web.json_response({"who": [r.to_json() for r in rows]})
 

@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -323,9 +324,11 @@ def export(store: str | None, state_dir: Path, fmt: str, out_path: str | None, *
 @handle_errors
 def who_cmd(store: str | None, state_dir: Path, output: str, **kw: Any) -> None:
     """Who accessed which port and when: per identity, with counts, first/last seen and
-    verdicts."""
+    verdicts. Counts are decisions (attempts); a relayed connection's close event is not
+    counted again."""
     st = open_store(store, state_dir)
-    rows = st.who(build_filter(kw))
+    flt = build_filter(kw)
+    rows = st.who(flt if flt.kind else replace(flt, kind="decision"))
     if output == "json":
         emit_json([r.to_json() for r in rows])
         return

@@ -9,16 +9,18 @@ allowed / 12% denied / 5% auth-required / 3% audit, 1-2 policies each, 15% close
   per batch in WAL mode with ``synchronous=FULL`` — in events/s;
 * the floor: plain ``sqlite3`` ``executemany`` INSERT of the very same rows (read back from the
   cport store: same columns, same body and hash bytes, nothing computed) into a table with the
-  same DDL and indexes (copied from the cport store's ``sqlite_master``), same pragmas, 500 rows
-  per ``BEGIN IMMEDIATE`` transaction, in rows/s. ``vs_raw_insert`` = cport / floor (target
-  ≥ 0.5). Measured in the same rounds: a per-event breakdown (``AuditEvent.body`` and the
-  SHA-256 link, each timed alone; the INSERT floor; the rest: row tuple, policies column, head
-  read); then ``verify()`` throughput and its peak Python memory per record (tracemalloc over
-  5,000 records);
+  same DDL and indexes (copied from the cport store's ``sqlite_master``), same pragmas (the
+  writer's page cache and checkpoint interval included), 500 rows per ``BEGIN IMMEDIATE``
+  transaction, in rows/s. ``vs_raw_insert`` = cport / floor (target ≥ 0.5). Measured in the
+  same rounds: a per-event breakdown (``AuditEvent.body``, which builds the policies column in
+  the same pass, and the SHA-256 link, each timed alone; the INSERT floor; the rest: row
+  tuple, head read — within noise, it can come out negative); then ``verify()`` throughput
+  and its peak Python memory per record (tracemalloc over 5,000 records);
 * PostgreSQL, when ``tests/audit/pg.py`` (``PgServer``: a throwaway local cluster, fsync on) and
   ``cport.audit._postgres.PostgresStore`` are both present: ``PostgresStore.append`` in batches
-  of 500 against binary ``COPY`` of the same rows (read back from the cport table) into a table
-  with the same columns and indexes, one transaction per 500 rows;
+  of 500 against binary ``COPY`` of the same rows (read back from the cport table; psycopg's
+  C dumper for bytea, as the store uses) into a table with the same columns and indexes, one
+  transaction per 500 rows;
 * queries: a store populated with N events (10,000,000 in the full run, or as many as
   ``SQLiteStore.append`` in batches of 10,000 writes within ``--populate-budget`` seconds;
   200,000 with ``--quick``), then the median of several warm runs of
@@ -60,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from cport.audit import AuditEvent, AuditFilter, PolicyRef, SQLiteStore, link
+from cport.audit._sqlite import _CACHE_KIB, _WAL_CHECKPOINT_PAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 500  # the group-commit size (AuditWriter.max_batch)
@@ -239,6 +242,8 @@ def raw_insert(path: Path, ddl: list[str], rows: Sequence[tuple[Any, ...]]) -> f
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")  # as SQLiteStore's writer
+        db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
         for stmt in ddl:
             db.execute(stmt)
         sql = f"INSERT INTO events VALUES ({', '.join('?' * len(rows[0]))})"
@@ -329,6 +334,7 @@ def postgres_part(events: Sequence[AuditEvent], reps: int) -> dict[str, Any]:
     except (ImportError, AttributeError) as exc:
         return {"skipped": f"cport.audit._postgres.PostgresStore not available ({exc})"}
     import psycopg
+    from psycopg.types.string import BytesBinaryDumper
 
     try:
         server = pg_mod.PgServer().start()
@@ -365,6 +371,9 @@ def postgres_part(events: Sequence[AuditEvent], reps: int) -> dict[str, Any]:
             raw_dsn = server.create_database(f"raw_{rep}")
             with psycopg.connect(raw_dsn, autocommit=True) as conn:
                 conn.execute("SET synchronous_commit TO on")
+                # psycopg's C dumper for bytea, as the store uses (the default by type OID is
+                # the DB-API `Binary` one, in Python).
+                conn.adapters.register_dumper(bytes, BytesBinaryDumper)
                 coldefs = ", ".join(f"{n} {t}{' NOT NULL' if nn else ''}" for n, t, nn in cols)
                 conn.execute(f"CREATE TABLE {table} ({coldefs})")
                 for idx in indexes:  # the primary key's unique index included
@@ -609,7 +618,7 @@ def main() -> None:
         print(
             f"  per event: AuditEvent.body {ap_['body_us']:.1f} us, SHA-256 link "
             f"{ap_['link_us']:.1f}, INSERT + COMMIT (the floor) {raw_us:.1f}, the rest (row "
-            f"tuple, policies JSON, head read) {other:.1f}; body {ap_['body_bytes']:.0f} bytes"
+            f"tuple, head read) {other:.1f}; body {ap_['body_bytes']:.0f} bytes"
         )
         vc = verify_cost(tmp, events)
         print(

@@ -93,6 +93,9 @@ class Agent:
             bundles=ident.spiffe_bundles,
         )
         self.revocations = Revocations(s.state_dir)
+        # A new token identity only adds rows for a peer no live connection has yet: the
+        # re-check is cheap and keeps every enforcer's realised revision current.
+        self.state.on_identity_added = lambda table: self.sweep()
         self.registry = Registry()
         self.flows = FlowHub()
         self.explanations = Explanations()

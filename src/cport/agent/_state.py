@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,9 @@ class PolicyState:
         self.fingerprint: Fingerprint = ()
         self.last_errors: list[InputError] = []
         self.last_reload = 0.0
+        # Called (on the caller's thread) after a runtime identity add made a new table, so
+        # enforcers can realise it: the agent re-checks and syncs.
+        self.on_identity_added: Callable[[Table], object] | None = None
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -152,7 +155,9 @@ class PolicyState:
             table, (num,) = self.compiler.add_identities([labels])
             self._extra[labels] = num
             self.table = table
-            return num, table
+        if self.on_identity_added is not None:
+            self.on_identity_added(table)
+        return num, table
 
     def status(self) -> dict[str, object]:
         return {

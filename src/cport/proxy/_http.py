@@ -30,7 +30,7 @@ import json
 import re
 import socket
 import string
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import MappingProxyType
@@ -273,40 +273,26 @@ async def read_connect_head(
     while reading is ``bad-request``).
     """
     loop = asyncio.get_running_loop()
-    reader = _HeadReader(max_bytes)
-    buf = b""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:  # bounded: each pass adds ≥ 1 byte and len(buf) < max_bytes
-                try:
-                    data = await loop.sock_recv(sock, max_bytes - len(buf))
-                except OSError as exc:
-                    raise _bad(f"connection failed while reading the request head: {exc}") from None
-                if not data:
-                    raise _bad(_CLOSED_EARLY)
-                buf += data
-                req = reader.feed(buf)
-                if req is not None:
-                    return req
-    except TimeoutError:
-        raise ProxyRequestError(
-            f"request head not complete within {timeout:g}s",
-            code=HANDSHAKE_TIMEOUT,
-            status=408,
-        ) from None
+    return await _read_head(lambda n: loop.sock_recv(sock, n), max_bytes, timeout)
 
 
 async def read_connect_head_stream(
     stream: asyncio.StreamReader, *, max_bytes: int = 8192, timeout: float = 10.0
 ) -> ConnectRequest:
     """:func:`read_connect_head` over an asyncio stream (e.g. a TLS listener)."""
+    return await _read_head(stream.read, max_bytes, timeout)
+
+
+async def _read_head(
+    recv: Callable[[int], Awaitable[bytes]], max_bytes: int, timeout: float
+) -> ConnectRequest:
     reader = _HeadReader(max_bytes)
     buf = b""
     try:
         async with asyncio.timeout(timeout):
-            while True:  # bounded as above
+            while True:  # bounded: each pass adds ≥ 1 byte and len(buf) < max_bytes
                 try:
-                    data = await stream.read(max_bytes - len(buf))
+                    data = await recv(max_bytes - len(buf))
                 except OSError as exc:
                     raise _bad(f"connection failed while reading the request head: {exc}") from None
                 if not data:

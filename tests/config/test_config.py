@@ -381,3 +381,13 @@ def test_wrong_shapes(text: str, base: Path) -> None:
 def test_yaml_syntax_error_is_reported_as_input_errors(base: Path) -> None:
     errs = errors_of("identity:\n  issuers: [\n", base)
     assert errs[0].location.line >= 2
+
+
+def test_spiffe_jwt_issuer_names_its_trust_domains(base: Path) -> None:
+    err = one_error(issuer_yaml("audiences: [cport]", "kind: spiffe-jwt"), base)
+    _located(err, 3, "identity.issuers[0]")
+    assert "'trustDomains'" in err.message
+    cfg = parse(
+        issuer_yaml("audiences: [cport]", "kind: spiffe-jwt", "trustDomains: [example.org]"), base
+    )
+    assert cfg.identity.issuers[0].spiffe_trust_domains() == ("example.org",)

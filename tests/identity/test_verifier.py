@@ -43,7 +43,13 @@ K8S_ISS = "https://kubernetes.default.svc.cluster.local"
 SPIRE_ISS = "https://spire.example.org"
 OKTA = IssuerConfig(name="corp-okta", issuer=ISS, audiences=("cport",))
 K8S = IssuerConfig(name="cluster", issuer=K8S_ISS, audiences=("cport",), kind="kubernetes")
-SPIRE = IssuerConfig(name="spire", issuer=SPIRE_ISS, audiences=("cport",), kind="spiffe-jwt")
+SPIRE = IssuerConfig(
+    name="spire",
+    issuer=SPIRE_ISS,
+    audiences=("cport",),
+    kind="spiffe-jwt",
+    trust_domains=("example.org",),
+)
 NS_KEY = "io.kubernetes.pod.namespace"
 SA_KEY = "io.cilium.k8s.policy.serviceaccount"
 CLUSTER_KEY = "io.cilium.k8s.policy.cluster"
@@ -406,6 +412,14 @@ def test_spiffe_jwt_labels(ed_key: Any) -> None:
         [Label("spiffe", "id", sid), Label("spiffe", "trust-domain", "example.org")]
     )
     assert (ident.kind, ident.subject, ident.issuer) == ("spiffe-jwt", sid, "spire")
+
+
+def test_spiffe_jwt_issuer_speaks_only_for_its_trust_domains(ed_key: Any) -> None:
+    verifier = Verifier([SPIRE], StaticKeySource({"spire": [vk(ed_key)]}))
+    token = make_token(ed_key, claims(iss=SPIRE_ISS, sub="spiffe://other.example/admin"))
+    with pytest.raises(CredentialError) as err:
+        verifier.verify(token, NOW)
+    assert err.value.code == "unknown-trust-domain"
 
 
 @pytest.mark.parametrize("sub", ["alice", "https://example.org/x", "SPIFFE://example.org/x"])
@@ -818,3 +832,29 @@ def test_verified_identity_is_frozen(rsa_key: Any) -> None:
     assert isinstance(ident, VerifiedIdentity)
     with pytest.raises(AttributeError):
         ident.subject = "mallory"  # type: ignore[misc]
+
+
+def test_act_claim_cannot_name_a_second_actor(ec_key: Any) -> None:
+    """`agent:actor` comes from act.sub alone: an `actor` member must not add another."""
+    verifier = Verifier([OKTA], StaticKeySource({"corp-okta": [vk(ec_key)]}))
+    payload = claims(sub="alice", act={"sub": "bot-1", "actor": "bot-admin"})
+    labels = verifier.verify(make_token(ec_key, payload), NOW).labels
+    assert labels.values("agent", "actor") == ["bot-1"]
+
+
+@pytest.mark.parametrize("value,ok", [(True, True), ([], False), (["x", True], True)])
+def test_required_claims_compare_as_label_text(ec_key: Any, value: Any, ok: bool) -> None:
+    issuer = IssuerConfig(
+        name="corp-okta",
+        issuer=ISS,
+        audiences=("cport",),
+        required_claims=(("verified", ("true",)),),
+    )
+    verifier = Verifier([issuer], StaticKeySource({"corp-okta": [vk(ec_key)]}))
+    token = make_token(ec_key, claims(sub="alice", verified=value))
+    if ok:
+        assert verifier.verify(token, NOW).subject == "alice"
+    else:
+        with pytest.raises(CredentialError) as err:
+            verifier.verify(token, NOW)
+        assert err.value.code == "missing-claim"

@@ -66,6 +66,7 @@ _ISSUER_KEYS = frozenset(
         "maxStale",
         "maxTokenBytes",
         "httpTimeout",
+        "trustDomains",
     }
 )
 
@@ -181,6 +182,13 @@ def _issuer(cur: Cursor, base: Path) -> IssuerConfig:
         except Exception:
             jwks.fail("jwksUri must be an https:// URL (http only for loopback)")
     max_bytes = _positive_int(c) if (c := cur.get("maxTokenBytes")) is not None else 16 * 1024
+    tds: tuple[str, ...] = ()
+    if (c := cur.get("trustDomains")) is not None:
+        tds = tuple(c.string_list())
+    if kind == "spiffe-jwt" and not tds and not iss.startswith("spiffe://"):
+        cur.require(
+            "trustDomains", "the SPIFFE trust domains this issuer speaks for, e.g. [example.org]"
+        )
     return IssuerConfig(
         name=name,
         issuer=iss,
@@ -192,6 +200,7 @@ def _issuer(cur: Cursor, base: Path) -> IssuerConfig:
         jwks_uri=jwks.string() if jwks else None,
         hmac_secret=secret,
         max_token_bytes=max_bytes,
+        trust_domains=tds,
         **kwargs,
     )
 

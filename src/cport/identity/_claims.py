@@ -21,6 +21,7 @@ from typing import Any
 from cport.errors import CredentialError
 from cport.identity._issuer import IssuerConfig
 from cport.identity._jwt import claim_at
+from cport.identity._jwt import claim_text as _scalar
 from cport.identity._labels import (
     CLUSTER_KEY,
     NAMESPACE_KEY,
@@ -36,14 +37,6 @@ PodResolver = Callable[[str, str], Labels | None]
 MAX_LABEL_VALUES = 256
 MEMO_SIZE = 4096  # label sets memoised per issuer (see `oidc_labels`)
 MEMO_MAX_VALUES = 64  # longer list claims are mapped afresh each time
-
-
-def _scalar(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    return None
 
 
 # Label(source, key, value) without the named tuple's Python-level __new__: one frame less per
@@ -143,7 +136,8 @@ def oidc_labels(
         labels += [Label("agent", "actor", actor), Label("agent", "iss", issuer.name)]
         for k, value in act.items():
             text = _scalar(value)
-            if k not in ("sub", "act", "iss") and text is not None:
+            # `actor` and `iss` are ours: an act claim must not name a second actor.
+            if k not in ("sub", "act", "iss", "actor") and text is not None:
                 labels.append(Label("agent", k, text))
     return Labels(labels), actor
 

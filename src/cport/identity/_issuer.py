@@ -50,3 +50,13 @@ class IssuerConfig:
     min_refetch_interval: float = 30.0  # at most one refetch per interval for an unknown kid
     max_stale: float = 3600.0  # how long last-known-good keys serve through an IdP outage
     http_timeout: float = 5.0
+    # spiffe-jwt: the trust domains this issuer may speak for (default: the one its
+    # ``spiffe://`` issuer names). A JWT-SVID for any other trust domain is refused.
+    trust_domains: tuple[str, ...] = ()
+
+    def spiffe_trust_domains(self) -> tuple[str, ...]:
+        if self.trust_domains:
+            return self.trust_domains
+        if self.issuer.startswith("spiffe://"):
+            return (self.issuer[len("spiffe://") :].split("/", 1)[0],)
+        return ()

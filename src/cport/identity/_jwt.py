@@ -324,6 +324,15 @@ def _time(value: Any, name: str) -> float:
     return float(value)
 
 
+def claim_text(value: Any) -> str | None:
+    """A scalar claim value as label text (JSON's spelling of booleans); None otherwise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return None
+
+
 def claim_at(claims: dict[str, Any], path: str) -> Any:
     """The claim at a dot-separated path (``realm_access.roles``); a top-level claim whose name
     contains dots (``https://corp.example/roles``) is found first."""
@@ -384,10 +393,11 @@ def check_claims(claims: dict[str, Any], issuer: IssuerConfig, now: float) -> No
         raise _reject("missing-claim", "the token names no subject (sub, client_id or azp)")
     for path, allowed in issuer.required_claims:
         value = claim_at(claims, path)
-        if value is None:
+        if value is None or value == []:
             raise _reject("missing-claim", f"required claim {path!r} is missing")
         values = value if isinstance(value, list) else [value]
-        if allowed and not any(str(v) in allowed for v in values):
+        # Compared as label text (true → "true"), the same way claims become labels.
+        if allowed and not any(claim_text(v) in allowed for v in values):
             raise _reject("claim-mismatch", f"claim {path!r} has no allowed value")
 
 

@@ -150,6 +150,13 @@ class Verifier:
                 td = parse_spiffe_id(subject).trust_domain
             except CredentialError as exc:
                 raise CredentialError(exc.message, code="svid-invalid-id") from None
+            if td not in issuer.spiffe_trust_domains():
+                # An issuer speaks only for its own trust domains: otherwise one trusted for
+                # a.example could mint identities of b.example.
+                raise CredentialError(
+                    f"issuer {issuer.name} does not speak for trust domain {td!r}",
+                    code="unknown-trust-domain",
+                )
             labels = Labels([Label("spiffe", "id", subject), Label("spiffe", "trust-domain", td)])
         else:
             labels, actor = oidc_labels(claims, issuer, memo, subject=subject)

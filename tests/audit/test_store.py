@@ -761,6 +761,20 @@ def test_prune_then_tamper_is_still_detected(store: Any, raw_sql: RawSQL) -> Non
     _assert_problem(st, "missing", 4)
 
 
+def test_a_forged_anchor_is_detected(store: Any, raw_sql: RawSQL) -> None:
+    """Deleting old records and writing an anchor by hand (no signed checkpoint at it) must
+    not verify: only pruning, which signs the anchor, may move the start of the chain."""
+    st = store
+    st.append([ev(i) for i in range(8)])
+    st.checkpoint()
+    fourth = next(iter(st.query(AuditFilter(), limit=1, after_seq=3)))
+    h = fourth.hash.hex()
+    raw_sql(st, "DELETE FROM {events} WHERE seq <= 4")
+    raw_sql(st, "DELETE FROM {meta} WHERE key = 'anchor'")
+    raw_sql(st, "INSERT INTO {meta} VALUES ('anchor', ?)", f"4:{h}")
+    _assert_problem(st, "bad-anchor", 4)
+
+
 def test_prune_without_a_signer_raises(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     store.append([ev(0), ev(1)])
     monkeypatch.setattr(store, "signer", None)

@@ -231,6 +231,14 @@ def check_checkpoints(
         )
         if known is not None and known != cp.hash:
             return fail(cp.seq, "altered", "the chain disagrees with a signed checkpoint")
+    if anchor_hash is not None and not any(
+        cp.seq == first - 1 and cp.hash == anchor_hash for cp in cps
+    ):
+        # Pruning signs a checkpoint at the new anchor; an anchor without one could have been
+        # written by anyone who deleted the records before it.
+        return fail(
+            first - 1, "bad-anchor", "no signed checkpoint vouches for the pruned record's anchor"
+        )
     return VerifyReport(True, records, len(cps), first, last)
 
 

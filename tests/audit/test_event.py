@@ -192,9 +192,17 @@ def test_the_body_is_the_documented_canonical_json() -> None:
 
 
 def test_a_known_body_and_hash_never_change() -> None:
-    """A record written by an earlier version must still verify: pin one body's hash."""
+    """A record written by an earlier version must still verify: pin body hashes computed by
+    the json-based encoder before the fast path existed (both the fast path, no `extra`,
+    and the json fallback, with `extra`)."""
+    fast = base(subject="alice@corp.example", token_id="tok-1")
+    assert hashlib.sha256(fast.body()).hexdigest() == (
+        "14c29dbb52249e318feae6908346f2981a84217be9193f25e0acfeb46f5fcb2f"
+    )
     ev = base(subject="alice@corp.example", token_id="tok-1", extra={"n": 1})
-    assert hashlib.sha256(ev.body()).hexdigest() == (hashlib.sha256(body_json(ev)).hexdigest())
+    assert hashlib.sha256(ev.body()).hexdigest() == (
+        "9aa3eebabedd559696f609fca7c08f23bb87a067a5340af1f134401bb0ef9b38"
+    )
     assert ev.body().startswith(b'{"bytes_in":0,"bytes_out":0,"credential_kind":"",')
     assert ev.body().endswith(b'"v":1,"verdict":"allowed","workload":"payments/ledger-db"}')
 

@@ -225,3 +225,39 @@ def test_decode_policy_entry() -> None:
         L.POLICY_KEY.pack(32, 7, 0, 0, 0, 0), L.POLICY_VALUE.pack(3, 3, 0, 0, 1)
     )
     assert default.default and default.has_wildcard and default.ports == "-"
+
+
+_ENCODE_DIGEST = """
+import hashlib
+from cport.ebpf import Encoder
+from cport.engine import compile_table
+from cport.model import load
+b = load(["examples/estate"])
+g = Encoder().encode(compile_table(b.policies, b.inventory))
+doc = repr((sorted(g.ipcache.items()), sorted(g.endpoints.items()),
+            sorted((p, sorted(r.rows.items())) for p, r in g.policies.items())))
+print(hashlib.sha256(doc.encode()).hexdigest())
+"""
+
+
+def test_encoding_is_the_same_in_processes_with_different_hash_seeds() -> None:
+    """Map keys and numbers are content hashes, not Python's salted `hash()`: two processes
+    must write the same entries, or an agent adopting pinned maps would rewrite them all."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    digests = set()
+    for seed in ("1", "2", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", _ENCODE_DIGEST],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests

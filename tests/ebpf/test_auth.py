@@ -124,3 +124,65 @@ def test_grant_expiry_cuts_an_established_flow(
     kinds = [e.kind for e in dp.poll_events(timeout_ms=200)]
     assert "auth-required" in kinds
     assert dp.prune_grants() == 1 and dp.grant_entries() == []
+
+
+def test_replies_stop_when_the_grant_is_revoked_or_the_policy_changes(
+    topology: Callable[..., Topology],
+    datapath: Callable[..., BpfDatapath],
+    estate: Estate,
+) -> None:
+    """Server push on a tracked flow (the client sends nothing more) is cut at once by a
+    revocation and by a policy that no longer allows the flow — not only at the client's
+    next packet."""
+    topo = topology([API], [DB])
+    server = topo.udp_socket(topo.server, DB, 5432)
+    client = topo.udp_socket(topo.client, API, 40001)
+    client.settimeout(0.3)
+    inventory = (workload("api", API), workload("db", DB))
+    # The api takes nothing unsolicited from the db: only replies of its own flows reach it.
+    api_policy = """
+apiVersion: cport.dev/v1alpha1
+kind: PortPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  ingress:
+    - from: [{workloads: {matchLabels: {app: web}}}]
+      ports: [{port: 8080}]
+"""
+    table = estate.compile(*inventory, POLICY, api_policy)
+    assert not decided(estate, table, DB, API, 40001, 17).allowed
+    api_id = estate.identity(table, "shop", "api")
+    dp = datapath(topo)
+    dp.sync(table)
+
+    def pushed(n: int) -> int:
+        for i in range(n):
+            server.sendto(b"%d" % i, (API, 40001))
+        got = 0
+        try:
+            for _ in range(n):
+                client.recvfrom(16)
+                got += 1
+        except TimeoutError:
+            pass
+        return got
+
+    def open_flow() -> None:
+        client.sendto(b"hello", (DB, 5432))
+        server.settimeout(2)
+        server.recvfrom(16)
+
+    dp.grant(api_id, API, time.time() + 60)
+    open_flow()
+    assert pushed(10) == 10
+    assert dp.revoke(peer_identity=api_id) == 1
+    assert pushed(10) == 0
+
+    dp.grant(api_id, API, time.time() + 60)
+    open_flow()
+    assert pushed(10) == 10
+    changed = estate.update(POLICY.replace("app: api", "app: nobody"))
+    assert not decided(estate, changed, API, DB, 5432, 17).allowed
+    dp.sync(changed)
+    assert pushed(10) == 0

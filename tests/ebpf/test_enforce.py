@@ -206,3 +206,50 @@ def test_ipv6_flows_and_neighbour_discovery(
     counters = dp.status()["counters"]
     assert isinstance(counters, dict) and counters["passthrough"] > 0  # neighbour discovery
     topo.drain(listeners)
+
+
+def test_ipv6_extension_headers_fail_closed(
+    topology: Callable[..., Topology],
+    datapath: Callable[..., BpfDatapath],
+    estate: Estate,
+) -> None:
+    """A TCP segment behind a Destination Options header must not be decided as "port 0"
+    (which a deny-only policy allows): packets whose transport header sits behind an
+    extension header are dropped."""
+    import socket
+
+    from tests.ebpf.netns import in_netns
+
+    api6, db6 = "2001:db8:1::10", "2001:db8:2::20"
+    topo = topology([api6], [db6])
+    listeners = topo.listen_tcp([22])
+    deny_only = """
+apiVersion: cport.dev/v1alpha1
+kind: PortPolicy
+metadata: {name: no-ssh, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  enableDefaultDeny: {ingress: false, egress: false}
+  ingressDeny:
+    - from: [{workloads: {matchLabels: {app: api}}}]
+      ports: [{port: 22}]
+"""
+    table = estate.compile(workload("api", api6), workload("db", db6), deny_only)
+    assert not decided(estate, table, api6, db6, 22).allowed
+    dp = datapath(topo)
+    dp.sync(table)
+    assert topo.tcp_probe([(api6, db6, 22)]) == {(api6, db6, 22): False}
+    # The same connection with an (empty, padded) Destination Options header on every packet.
+    pad_n = bytes([0, 0, 1, 4, 0, 0, 0, 0])  # next header and length (kernel fills), PadN
+    with in_netns(topo.client):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, pad_n)
+        s.bind((api6, 0))
+        s.settimeout(1.0)
+        with pytest.raises(OSError):
+            s.connect((db6, 22))
+    finally:
+        s.close()
+    assert dp.status()["counters"]["malformed"] > 0  # type: ignore[index]
+    topo.drain(listeners)

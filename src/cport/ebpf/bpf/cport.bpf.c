@@ -230,6 +230,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *k, __u8
 		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
 		k->protocol = ip6.nexthdr;
 		l4 = ETH_HLEN + sizeof(ip6);
+		switch (ip6.nexthdr) {
+		case 0: case 43: case 44: case 50: case 51: case 60: case 135: case 139: case 140:
+		case 253: case 254:
+			/* An extension header before the transport header: the ports are not where
+			 * a port rule would look, and deciding it as "port 0" would let a TCP segment
+			 * behind a Destination Options header past a deny rule. Fail closed. */
+			return PARSE_MALFORMED;
+		}
 		if (ip6.nexthdr == IPPROTO_ICMPV6_) {
 			__u8 type;
 
@@ -488,6 +496,25 @@ static __always_inline void ct_touch(struct ct_value *ct, __u8 tcp_flags, __u64 
 		ct->flags |= CPORT_CT_CLOSING;
 }
 
+/* Cache a fresh decision of the flow in its conntrack entry (under `epoch`). */
+static __always_inline void ct_refresh(struct ct_value *ct, const struct decision *d, __u32 epoch)
+{
+	ct->epoch = epoch;
+	ct->src_id = d->src_id;
+	ct->dst_id = d->dst_id;
+	ct->ingress_cookie = d->ingress_cookie;
+	ct->egress_cookie = d->egress_cookie;
+	ct->verdict = d->verdict;
+	ct->decision_flags = d->flags;
+	ct->grant_expires_ns = d->grant_expires_ns;
+	if (d->flags & CPORT_D_AUTHENTICATED)
+		ct->flags |= CPORT_CT_AUTH;
+	else
+		ct->flags &= ~CPORT_CT_AUTH;
+	ct->ingress_row = d->ingress_row;
+	ct->egress_row = d->egress_row;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
 	struct flow_key fk = {};
@@ -531,6 +558,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	rk.protocol = fk.protocol;
 	ct = bpf_map_lookup_elem(&conntrack, &rk);
 	if (ct && ct_live(ct, fk.protocol, now)) {
+		if (ct->epoch != epoch || (ct->flags & CPORT_CT_AUTH)) {
+			/* The policy changed since the flow was decided, or it was admitted by a
+			 * grant: decide its forward direction again, so a policy change, a revoked
+			 * or an expired grant stops replies (server push, one-way UDP) at once too,
+			 * not only when the client next sends. */
+			evaluate(gen, &rk, &d);
+			if (d.verdict == CPORT_V_AUTH)
+				apply_grant(&rk, &d, now);
+			if (d.verdict == CPORT_V_DENIED || d.verdict == CPORT_V_AUTH) {
+				bpf_map_delete_elem(&conntrack, &rk);
+				COUNT(cnt, d.verdict == CPORT_V_DENIED ? CPORT_C_DENIED : CPORT_C_AUTH_DROP);
+				emit(skb, cnt, &rk, &d,
+				     d.verdict == CPORT_V_DENIED ? CPORT_EV_DENIED : CPORT_EV_AUTH, hook,
+				     epoch, now);
+				return TC_ACT_SHOT;
+			}
+			ct_refresh(ct, &d, epoch);
+		}
 		ct_touch(ct, tcp_flags, now);
 		COUNT(cnt, CPORT_C_REPLY);
 		return CPORT_PASS;
@@ -595,20 +640,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	}
 	if (ct) {
 		/* re-decided under a new epoch: refresh the cache in place */
-		ct->epoch = epoch;
-		ct->src_id = d.src_id;
-		ct->dst_id = d.dst_id;
-		ct->ingress_cookie = d.ingress_cookie;
-		ct->egress_cookie = d.egress_cookie;
-		ct->verdict = d.verdict;
-		ct->decision_flags = d.flags;
-		ct->grant_expires_ns = d.grant_expires_ns;
-		if (d.flags & CPORT_D_AUTHENTICATED)
-			ct->flags |= CPORT_CT_AUTH;
-		else
-			ct->flags &= ~CPORT_CT_AUTH;
-		ct->ingress_row = d.ingress_row;
-		ct->egress_row = d.egress_row;
+		ct_refresh(ct, &d, epoch);
 		ct_touch(ct, tcp_flags, now);
 	} else {
 		struct ct_value nct = {

@@ -640,3 +640,16 @@ class SpiffeCA:
         kp.write_bytes(key)
         kp.chmod(0o600)
         return cp, kp
+
+
+def read_to_eof(s: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything until the peer closes; fails (socket timeout) if it does not within
+    `timeout` seconds."""
+    s.settimeout(timeout)
+    out = b""
+    for _ in range(10_000):
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError("the connection kept sending")

@@ -200,3 +200,28 @@ def test_non_loopback_api_with_an_admin_token_is_accepted(tmp_path: Path) -> Non
     api = cfg.agent.api_settings()
     assert api.listen is not None and str(api.listen) == "192.0.2.10:9464"
     assert api.admin_token_file == tmp_path / "admin.token"
+
+
+def test_the_stream_client_reports_drops_and_yields_only_flows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A `dropped` event's data is a count, not a flow (beside the real --follow test in
+    test_gateway.py, this pins the parsing of the event field)."""
+    import httpx
+
+    from cport.cli._agent import AgentClient
+
+    body = (
+        b'data: {"peer": "a"}\n\nevent: dropped\ndata: 7\n\n: keep-alive\n\ndata: {"peer": "b"}\n\n'
+    )
+    client = AgentClient(api_url="http://agent.invalid")
+    client.http = httpx.Client(
+        base_url="http://agent.invalid",
+        transport=httpx.MockTransport(
+            lambda req: httpx.Response(
+                200, content=body, headers={"Content-Type": "text/event-stream"}
+            )
+        ),
+    )
+    assert [d["peer"] for d in client.stream("/v1/flows", {})] == ["a", "b"]
+    assert "7 flow(s) dropped" in capsys.readouterr().err

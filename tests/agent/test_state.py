@@ -161,3 +161,18 @@ def test_identity_for_adds_a_token_identity_once(state: PolicyState) -> None:
     other, table3 = state.identity_for(bob)
     assert other != num and table3.identities[other] == bob
     assert len(table3.identities) == n_ids + 2
+
+
+def test_a_digit_only_revocation_matches_a_numeric_subject_or_identity() -> None:
+    """Google's subjects are digits: revoking one must not silently match nothing."""
+    from cport.agent import Revocations
+    from cport.identity import Labels, VerifiedIdentity
+
+    revs = Revocations(None)
+    revs.add("identity", "110169484474386276334")
+    cred = VerifiedIdentity("oidc", Labels(), "110169484474386276334", "google", 2e9, "t1")
+    assert revs.match(cred, 300, 1e9) is not None
+    other = VerifiedIdentity("oidc", Labels(), "alice", "google", 2e9, "t2")
+    assert revs.match(other, 300, 1e9) is None
+    revs.add("identity", "300")
+    assert revs.match(other, 300, 1e9) is not None

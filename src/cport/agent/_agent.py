@@ -11,6 +11,7 @@ flushes the audit writer and removes the API socket.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -32,8 +33,9 @@ from cport.agent._revocations import Revocations
 from cport.agent._state import PolicyState
 from cport.audit import AuditEvent, AuditMetrics, AuditWriter, PostgresStore, Signer, SQLiteStore
 from cport.config import Config
-from cport.errors import CportError, CredentialError
-from cport.identity import JWKSKeySource, VerifiedIdentity, Verifier
+from cport.engine import Table
+from cport.errors import AuditError, CredentialError
+from cport.identity import JWKSKeySource, Labels, VerifiedIdentity, Verifier
 from cport.identity._aws import AwsVerifier
 from cport.identity._front import Credentials
 from cport.identity._spiffe import verify_x509_svid
@@ -93,9 +95,9 @@ class Agent:
             bundles=ident.spiffe_bundles,
         )
         self.revocations = Revocations(s.state_dir)
-        # A new token identity only adds rows for a peer no live connection has yet: the
-        # re-check is cheap and keeps every enforcer's realised revision current.
-        self.state.on_identity_added = lambda table: self.sweep()
+        # A new token identity only adds rows for a peer no live connection has yet: nothing
+        # to re-check, but every enforcer now realises the new revision.
+        self.state.on_identity_added = self._identity_added
         self.registry = Registry()
         self.flows = FlowHub()
         self.explanations = Explanations()
@@ -104,7 +106,10 @@ class Agent:
         self.store: SQLiteStore | PostgresStore | None = None
         self.writer: AuditWriter | None = None
         self.audit_error: str | None = None
+        self._inflight: collections.deque[float] = collections.deque()  # submit times, FIFO
+        self.audit_stall_after = 10.0  # seconds a batch may wait for its commit
         self._pending: list[AuditEvent] = []
+        self._slots: collections.Counter[int] = collections.Counter()
         self.gateway = (
             Gateway(self, s.gateway.listen, s.gateway.limits, s.gateway.upstreams)
             if s.gateway is not None
@@ -125,6 +130,7 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         s = self.settings
         self.state.load()
         self.metrics.revision.set(self.state.table.revision)
@@ -186,16 +192,16 @@ class Agent:
             await front.drain(2.0)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for result in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("background task failed: %r", result)
         self._tasks.clear()
+        self.flows.close()  # ends the live streams first, so the API stops at once
         if self.api is not None:
             await self.api.stop()  # type: ignore[attr-defined]
             self.api = None
         if self.ebpf is not None:
             await self.ebpf.stop()
-        self.flows.close()
         self._flush_audit()
         if self.writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
@@ -242,9 +248,29 @@ class Agent:
     def _flush_audit(self) -> None:
         batch, self._pending = self._pending, []
         if batch and self.writer is not None:
-            self.writer.submit_many(batch).add_done_callback(self._audit_done)
+            try:
+                fut = self.writer.submit_many(batch)
+            except AuditError as exc:
+                self.audit_error = f"{exc.code}: {exc.message}"
+                log.error("audit write failed: %s", self.audit_error)
+                return
+            self._inflight.append(time.monotonic())
+            fut.add_done_callback(self._audit_done)
+
+    def audit_problem(self) -> str | None:
+        """Why audit cannot be relied on now: a failed commit, or a store that has not
+        committed for `audit_stall_after` seconds (hung, not failing). Enforcers refuse new
+        connections while there is one (fail closed)."""
+        if self.audit_error is not None:
+            return self.audit_error
+        if self._inflight and time.monotonic() - self._inflight[0] > self.audit_stall_after:
+            return f"audit-stalled: no commit for {self.audit_stall_after:g}s"
+        return None
 
     def _audit_done(self, fut: Future[Any]) -> None:
+        # (writer thread) batches commit in submission order
+        with contextlib.suppress(IndexError):
+            self._inflight.popleft()
         exc = fut.exception()
         if exc is not None:
             self.audit_error = f"{type(exc).__name__}: {exc}"
@@ -266,7 +292,7 @@ class Agent:
                     e.code,
                     e.message,
                 )
-        elif result.changed:
+        if result.changed:
             self.metrics.reloads.labels("applied").inc()
             log.info(
                 "policy revision %d in force (%s, %.1f ms)",
@@ -274,7 +300,7 @@ class Agent:
                 "full compile" if result.full else "incremental",
                 result.seconds * 1e3,
             )
-        self.sweep()
+            self.sweep()  # re-check live connections against the new table
         return {
             "changed": result.changed,
             "revision": self.state.table.revision,
@@ -286,7 +312,7 @@ class Agent:
             await asyncio.sleep(self.reload_interval)
             try:
                 await self.reload()
-            except CportError as exc:
+            except Exception as exc:  # keep watching: the last good table stays in force
                 log.error("policy reload failed: %s", exc)
 
     async def _expiry(self) -> None:
@@ -312,6 +338,43 @@ class Agent:
             self.ebpf.changed()  # syncs a new revision, drops expired or revoked grants
         self.metrics.revision.set(table.revision)
         return len(closed)
+
+    def reserve(self, identity: int, cap: int) -> bool:
+        """Take one of `identity`'s connection slots (released by :meth:`release`), or say
+        the cap is reached. Slots are taken when an attempt passes its checks, before any
+        await, so simultaneous attempts cannot overshoot the cap."""
+        if self._slots[identity] >= cap:
+            return False
+        self._slots[identity] += 1
+        return True
+
+    def release(self, identity: int) -> None:
+        self._slots[identity] -= 1
+        if self._slots[identity] <= 0:
+            del self._slots[identity]
+
+    def _identity_added(self, table: object) -> None:
+        """(Any thread.) Mark the new revision realised by the proxy enforcers and wake the
+        eBPF sync, on the event loop."""
+        self._loop.call_soon_threadsafe(self._realise_identity_add)
+
+    def _realise_identity_add(self) -> None:
+        rev = self.state.table.revision
+        for front in self._fronts():
+            self.set_realised(front.enforcer, rev)
+        if self.ebpf is not None:
+            self.ebpf.changed()
+
+    async def identity_for(self, labels: Labels) -> tuple[int, Table]:
+        """A verified credential's identity. Known label sets are a dict lookup; a new one is
+        added on a worker thread (it allocates, may write the state file, and waits for a
+        reload in progress), so the loop never blocks on it."""
+        hit = self.state.known_identity(labels)
+        if hit is not None:
+            return hit, self.state.table
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.state.identity_for, labels
+        )
 
     def set_realised(self, enforcer: str, revision: int) -> None:
         self.realised[enforcer] = revision
@@ -345,8 +408,8 @@ class Agent:
             "ebpf": None if self.ebpf is None else self.ebpf.status(),
             "audit": {
                 "store": self.settings.audit.store,
-                "healthy": self.audit_error is None,
-                "error": self.audit_error,
+                "healthy": self.audit_problem() is None,
+                "error": self.audit_problem(),
             },
             "stateDir": str(Path(self.settings.state_dir).resolve()),
         }

@@ -58,7 +58,11 @@ class ApiServer:
 
     # -- serving -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Live streams end when the agent closes its flow hub; nothing else should hold a
+        # shutdown for long.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         sock_path = self.settings.socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,8 +166,8 @@ class ApiServer:
         problems = []
         if not a.ready:
             problems.append("starting or stopping")
-        if a.audit_error is not None:
-            problems.append(f"audit: {a.audit_error}")
+        if (problem := a.audit_problem()) is not None:
+            problems.append(f"audit: {problem}")
         out_of_sync = [n for n, rev in a.realised.items() if rev != a.state.table.revision]
         if out_of_sync:
             problems.append("enforcers behind the table: " + ", ".join(out_of_sync))
@@ -198,7 +202,7 @@ class ApiServer:
         credential = None
         if "token" in body:
             credential = await self.agent.verify(str(body["token"]))
-            ident, table = state.identity_for(credential.labels)
+            ident, table = await self.agent.identity_for(credential.labels)
             src = Endpoint(ident, credential.labels, credential.subject)
         else:
             src = resolve_endpoint(table, inv, str(body["from"]))
@@ -247,7 +251,6 @@ class ApiServer:
         await resp.prepare(request)
         hub = self.agent.flows
         queue = hub.subscribe()
-        dropped = hub.dropped
         try:
             for rec in recent:
                 await resp.write(b"data: " + json.dumps(rec.to_json()).encode() + b"\n\n")
@@ -257,15 +260,14 @@ class ApiServer:
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
-                if item is None:
+                if item is None:  # the agent is stopping
                     break
-                rec = item
-                if hub.dropped != dropped:
-                    await resp.write(f"event: dropped\ndata: {hub.dropped - dropped}\n\n".encode())
-                    dropped = hub.dropped
-                if flt(rec):
-                    await resp.write(b"data: " + json.dumps(rec.to_json()).encode() + b"\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+                dropped = hub.take_dropped(queue)
+                if dropped:
+                    await resp.write(f"event: dropped\ndata: {dropped}\n\n".encode())
+                if flt(item):
+                    await resp.write(b"data: " + json.dumps(item.to_json()).encode() + b"\n\n")
+        except ConnectionResetError:
             pass
         finally:
             hub.unsubscribe(queue)

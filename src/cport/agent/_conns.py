@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -71,7 +70,6 @@ class LiveConnection:
 class Registry:
     def __init__(self) -> None:
         self._live: dict[str, LiveConnection] = {}
-        self._per_identity: Counter[int] = Counter()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -82,18 +80,11 @@ class Registry:
     def get(self, conn_id: str) -> LiveConnection | None:
         return self._live.get(conn_id)
 
-    def count_for(self, identity: int) -> int:
-        return self._per_identity[identity]
-
     def add(self, conn: LiveConnection) -> None:
         self._live[conn.id] = conn
-        self._per_identity[conn.peer_identity] += 1
 
     def remove(self, conn: LiveConnection) -> None:
-        if self._live.pop(conn.id, None) is not None:
-            self._per_identity[conn.peer_identity] -= 1
-            if self._per_identity[conn.peer_identity] <= 0:
-                del self._per_identity[conn.peer_identity]
+        self._live.pop(conn.id, None)
 
     def sweep(
         self,

@@ -102,9 +102,9 @@ class FlowFilter:
 class FlowHub:
     def __init__(self, keep: int = 10_000, queue_size: int = 1_000) -> None:
         self._ring: deque[FlowRecord] = deque(maxlen=keep)
-        self._subs: set[asyncio.Queue[FlowRecord | None]] = set()
+        # subscriber queue → records it could not take (each stream reports its own drops)
+        self._subs: dict[asyncio.Queue[FlowRecord | None], int] = {}
         self._queue_size = queue_size
-        self.dropped = 0
 
     def publish(self, rec: FlowRecord) -> None:
         self._ring.append(rec)
@@ -112,7 +112,7 @@ class FlowHub:
             try:
                 q.put_nowait(rec)
             except asyncio.QueueFull:
-                self.dropped += 1
+                self._subs[q] += 1
 
     def recent(self, flt: FlowFilter, limit: int = 100) -> list[FlowRecord]:
         out = [r for r in reversed(self._ring) if flt(r)][:limit]
@@ -121,11 +121,18 @@ class FlowHub:
 
     def subscribe(self) -> asyncio.Queue[FlowRecord | None]:
         q: asyncio.Queue[FlowRecord | None] = asyncio.Queue(self._queue_size)
-        self._subs.add(q)
+        self._subs[q] = 0
         return q
 
+    def take_dropped(self, q: asyncio.Queue[FlowRecord | None]) -> int:
+        """How many records `q`'s subscriber missed since it last asked."""
+        n = self._subs.get(q, 0)
+        if n:
+            self._subs[q] = 0
+        return n
+
     def unsubscribe(self, q: asyncio.Queue[FlowRecord | None]) -> None:
-        self._subs.discard(q)
+        self._subs.pop(q, None)
 
     def close(self) -> None:
         for q in self._subs:

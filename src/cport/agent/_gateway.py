@@ -28,7 +28,7 @@ from cport.agent._decide import Attempt, Outcome, audit_event, evaluate
 from cport.agent._flows import FlowRecord
 from cport.audit import AuditEvent
 from cport.config import HostPort, Limits, ListenerSettings, Target
-from cport.engine import resolve_endpoint
+from cport.engine import Table, resolve_endpoint
 from cport.errors import CportError, CredentialError
 from cport.identity import Labels, VerifiedIdentity
 from cport.model import Workload
@@ -56,6 +56,14 @@ class Refused(CportError):
         self.extra = extra
 
 
+def _workload_id(table: Table, w: Workload) -> int:
+    """The workload's identity in `table`; a reload may have removed it since it was found."""
+    num = table.workload_ids.get((w.namespace, w.name))
+    if num is None:
+        raise Refused(403, "workload-removed", f"{w.ref} is no longer in the inventory")
+    return num
+
+
 def listen_socket(hp: HostPort, backlog: int = 4096) -> socket.socket:
     family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -80,9 +88,11 @@ async def open_upstream(hp: HostPort, timeout: float) -> socket.socket:
         sock.setblocking(False)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # TimeoutError is an OSError: test it first
             sock.close()
-            last = exc if isinstance(exc, OSError) else OSError(f"timed out after {timeout}s")
+            last = (
+                OSError(f"timed out after {timeout:g}s") if isinstance(exc, TimeoutError) else exc
+            )
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
@@ -100,18 +110,18 @@ class _Front:
         self.limits = limits
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[object]] = set()
-
-    @property
-    def address(self) -> HostPort:
-        assert self._sock is not None
-        host, port = self._sock.getsockname()[:2]
-        return HostPort(host, port)
+        self._backoff: asyncio.TimerHandle | None = None
+        self.address = listen  # the bound address once started (port 0 resolved)
 
     async def start(self) -> None:
         self._sock = listen_socket(self.listen)
+        host, port = self._sock.getsockname()[:2]
+        self.address = HostPort(host, port)
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_acceptable)
 
     async def stop_accepting(self) -> None:
+        if self._backoff is not None:
+            self._backoff.cancel()
         if self._sock is not None and self._sock.fileno() >= 0:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
@@ -134,7 +144,7 @@ class _Front:
                 loop = asyncio.get_running_loop()
                 fd = self._sock.fileno()
                 loop.remove_reader(fd)
-                loop.call_later(0.05, loop.add_reader, fd, self._on_acceptable)
+                self._backoff = loop.call_later(0.05, loop.add_reader, fd, self._on_acceptable)
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -150,20 +160,22 @@ class _Front:
     # -- shared steps ------------------------------------------------------------------
     def _caps(self, identity: int | None) -> None:
         agent = self.agent
-        if agent.audit_error is not None:
+        if agent.audit_problem() is not None:
             raise Refused(
                 503,
                 "audit-unavailable",
                 "the audit store cannot be written; refusing until it recovers",
             )
-        if len(agent.registry) >= self.limits.max_connections:
+        # Connections still in their handshake count too: the cap holds however many
+        # attempts arrive at once.
+        if len(self._tasks) > self.limits.max_connections:
             raise Refused(
                 503,
                 "too-many-connections",
-                f"the agent holds {len(agent.registry)} connections, its maximum",
+                f"this listener serves {len(self._tasks) - 1} connections, its maximum",
             )
-        if identity is not None and (
-            agent.registry.count_for(identity) >= self.limits.per_identity_connections
+        if identity is not None and not agent.reserve(
+            identity, self.limits.per_identity_connections
         ):
             raise Refused(
                 429,
@@ -308,45 +320,70 @@ class _Front:
             if upstream is not None:  # None: a stream transport owns (and closes) it
                 with contextlib.suppress(OSError):
                     upstream.close()
-            duration = time.monotonic_ns() - started
-            d = outcome.decision
-            agent.submit(
-                audit_event(
-                    attempt,
-                    node=agent.node,
-                    enforcer=self.enforcer,
-                    kind="close",
-                    verdict=d.verdict.value,
-                    reason=d.reason.value,
-                    table_revision=agent.state.table.revision,
-                    refs=outcome.refs,
-                    server=(upstream_addr.host, upstream_addr.port),
-                    bytes_in=counters.bytes_up,
-                    bytes_out=counters.bytes_down,
-                    duration_ns=duration,
-                    termination=termination,
-                )
+            self._record_close(
+                attempt,
+                outcome,
+                upstream_addr,
+                termination,
+                counters=counters,
+                duration_ns=time.monotonic_ns() - started,
+                client=live.client,
             )
-            agent.flows.publish(
-                FlowRecord(
-                    time.time_ns(),
-                    "close",
-                    self.enforcer,
-                    d.verdict.value,
-                    d.reason.value,
-                    attempt.peer,
-                    attempt.peer_identity,
-                    attempt.workload.ref,
-                    attempt.port,
-                    src=live.client,
-                    policies=outcome.policy_names,
-                    token_id=live.credential.token_id if live.credential else "",
-                    bytes_up=counters.bytes_up,
-                    bytes_down=counters.bytes_down,
-                    duration_ms=duration / 1e6,
-                    termination=termination,
-                )
+
+    def _record_close(
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        upstream_addr: HostPort,
+        termination: str,
+        *,
+        counters: RelayCounters | None = None,
+        duration_ns: int = 0,
+        client: str = "",
+    ) -> None:
+        """The close event and flow record of an allowed attempt (relayed or not)."""
+        agent = self.agent
+        counters = counters or RelayCounters()
+        duration = duration_ns
+        d = outcome.decision
+        cred = attempt.credential
+        agent.submit(
+            audit_event(
+                attempt,
+                node=agent.node,
+                enforcer=self.enforcer,
+                kind="close",
+                verdict=d.verdict.value,
+                reason=d.reason.value,
+                table_revision=agent.state.table.revision,
+                refs=outcome.refs,
+                server=(upstream_addr.host, upstream_addr.port),
+                bytes_in=counters.bytes_up,
+                bytes_out=counters.bytes_down,
+                duration_ns=duration,
+                termination=termination,
             )
+        )
+        agent.flows.publish(
+            FlowRecord(
+                time.time_ns(),
+                "close",
+                self.enforcer,
+                d.verdict.value,
+                d.reason.value,
+                attempt.peer,
+                attempt.peer_identity,
+                attempt.workload.ref,
+                attempt.port,
+                src=client or f"{attempt.client[0]}:{attempt.client[1]}",
+                policies=outcome.policy_names,
+                token_id=cred.token_id if cred else "",
+                bytes_up=counters.bytes_up,
+                bytes_down=counters.bytes_down,
+                duration_ms=duration / 1e6,
+                termination=termination,
+            )
+        )
 
 
 class Gateway(_Front):
@@ -395,7 +432,7 @@ class Gateway(_Front):
         live = self.agent.registry.get(conn_id)
         if live is None or live.credential is None:
             raise Refused(404, "unknown-connection", "no live tunnel with that id")
-        identity, _ = self.agent.state.identity_for(cred.labels)
+        identity, _ = await self.agent.identity_for(cred.labels)
         if identity != live.peer_identity:
             raise Refused(
                 403,
@@ -423,6 +460,7 @@ class Gateway(_Front):
         port = 0
         cred: VerifiedIdentity | None = None
         upstream: socket.socket | None = None
+        reserved: int | None = None
         try:
             self._caps(None)
             try:
@@ -445,22 +483,16 @@ class Gateway(_Front):
                 return None
             w, up_addr = self._target(req.host, req.port)
             workload = w.ref
-            identity, table = agent.state.identity_for(cred.labels)
+            identity, table = await agent.identity_for(cred.labels)
             rev = agent.revocations.match(cred, identity, time.time())
             if rev is not None:
                 raise Refused(
                     403, "revoked", f"revoked ({rev.kind} {rev.value})", revocation=rev.id
                 )
             self._caps(identity)
+            reserved = identity
             attempt = Attempt(
-                identity,
-                cred.labels,
-                peer,
-                cred,
-                w,
-                table.workload_ids[(w.namespace, w.name)],
-                req.port,
-                client,
+                identity, cred.labels, peer, cred, w, _workload_id(table, w), req.port, client
             )
             outcome = self._decide(attempt)
             if not outcome.allowed:
@@ -487,11 +519,21 @@ class Gateway(_Front):
             try:
                 upstream = await open_upstream(up_addr, self.limits.connect_timeout)
             except OSError as exc:
-                raise Refused(
-                    502,
-                    "upstream-unreachable",
-                    f"cannot reach {w.ref}:{req.port} at {up_addr}: {exc}",
-                ) from None
+                # Allowed, then not reached: the attempt's record is its close event, not a
+                # second decision.
+                self._record_close(attempt, outcome, up_addr, "upstream-unreachable")
+                await loop.sock_sendall(
+                    conn,
+                    http_response(
+                        502,
+                        body={
+                            "reason": "upstream-unreachable",
+                            "message": f"cannot reach {w.ref}:{req.port} at {up_addr}: {exc}",
+                        },
+                        headers={"Cport-Reason": "upstream-unreachable"},
+                    ),
+                )
+                return None
             conn_id = secrets.token_hex(8)
             await loop.sock_sendall(
                 conn,
@@ -515,15 +557,16 @@ class Gateway(_Front):
                 await loop.sock_sendall(
                     conn, http_response(exc.status, body=body, headers={"Cport-Reason": exc.code})
                 )
-        except CredentialError as exc:
+        except CportError as exc:  # a bad credential (407), or any other refusal with its code
+            status = 407 if isinstance(exc, CredentialError) else 403
             self._refused_record(
-                client, Refused(407, exc.code, exc.message), peer, 0, workload, port
+                client, Refused(status, exc.code, exc.message), peer, identity, workload, port
             )
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(
                     conn,
                     http_response(
-                        407,
+                        status,
                         body={"reason": exc.code, "message": exc.message},
                         headers={"Cport-Reason": exc.code},
                     ),
@@ -533,6 +576,8 @@ class Gateway(_Front):
         except Exception:  # never let one connection take the gateway down
             log.exception("gateway connection from %s failed", client)
         finally:
+            if reserved is not None:
+                agent.release(reserved)
             if upstream is not None:
                 upstream.close()
             with contextlib.suppress(OSError):
@@ -565,7 +610,12 @@ class PortListener(_Front):
 
     def _workload(self) -> tuple[Workload, HostPort]:
         t = self.settings.target
-        w = self.agent.state.bundle.inventory.find(t.namespace, t.name)
+        try:
+            w = self.agent.state.bundle.inventory.find(t.namespace, t.name)
+        except CportError:
+            raise Refused(
+                0, "workload-removed", f"{t.namespace}/{t.name} is not in the inventory"
+            ) from None
         up = self.settings.upstream
         if up is None:
             if not w.addresses:
@@ -586,6 +636,7 @@ class PortListener(_Front):
         cred: VerifiedIdentity | None = None
         upstream: socket.socket | None = None
         writer: asyncio.StreamWriter | None = None
+        reserved: int | None = None
         try:
             self._caps(None)
             w, up_addr = self._workload()
@@ -607,7 +658,7 @@ class PortListener(_Front):
                 # rules (one URI SAN, not a CA, trust domain of the ID) run on the leaf.
                 cred = agent.verify_svid(der)
                 peer = cred.subject
-                identity, table = agent.state.identity_for(cred.labels)
+                identity, table = await agent.identity_for(cred.labels)
                 labels = cred.labels
             else:
                 identity, labels, peer = self._peer_by_address(client)
@@ -616,25 +667,18 @@ class PortListener(_Front):
             if rev is not None:
                 raise Refused(0, "revoked", f"revoked ({rev.kind} {rev.value})")
             self._caps(identity)
+            reserved = identity
             attempt = Attempt(
-                identity,
-                labels,
-                peer,
-                cred,
-                w,
-                table.workload_ids[(w.namespace, w.name)],
-                t.port,
-                client,
+                identity, labels, peer, cred, w, _workload_id(table, w), t.port, client
             )
             outcome = self._decide(attempt)
             if not outcome.allowed:
                 return None  # the client sees the connection closed; observe shows why
             try:
                 upstream = await open_upstream(up_addr, self.limits.connect_timeout)
-            except OSError as exc:
-                raise Refused(
-                    0, "upstream-unreachable", f"cannot reach {w.ref}:{t.port} at {up_addr}: {exc}"
-                ) from None
+            except OSError:
+                self._record_close(attempt, outcome, up_addr, "upstream-unreachable")
+                return None
             up = upstream
             owned: socket.socket | None = upstream
             if reader is not None and writer is not None:
@@ -661,20 +705,23 @@ class PortListener(_Front):
             self._refused_record(
                 client, exc, peer, identity, f"{t.namespace}/{t.name}", t.port, cred
             )
-        except CredentialError as exc:
+        except CportError as exc:  # a bad SVID, a vanished workload, …: refused with its code
             self._refused_record(
                 client,
                 Refused(0, exc.code, exc.message),
                 peer,
-                0,
+                identity,
                 f"{t.namespace}/{t.name}",
                 t.port,
+                cred,
             )
         except (OSError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("listener connection from %s failed", client)
         finally:
+            if reserved is not None:
+                agent.release(reserved)
             if upstream is not None:
                 upstream.close()
             if writer is not None:

@@ -37,8 +37,9 @@ class Revocation:
             return False
         if self.kind == "token-id":
             return credential is not None and credential.token_id == self.value
-        if self.value.isdigit():
-            return identity == int(self.value)
+        if self.value.isdigit() and identity == int(self.value):
+            return True
+        # Subjects may be digits too (Google's, for one): a value matches either.
         return credential is not None and self.value in (credential.subject, credential.actor)
 
 

@@ -145,6 +145,10 @@ class PolicyState:
                 self.table = self.compiler.update(upsert=upsert, remove=remove)
         self.bundle = bundle
 
+    def known_identity(self, labels: Labels) -> int | None:
+        """The identity of a label set already added (a dict lookup; any thread)."""
+        return self._extra.get(labels)
+
     def identity_for(self, labels: Labels) -> tuple[int, Table]:
         """The numeric identity of a verified credential's label set, adding it (and its
         rows) to the table the first time it is seen."""

@@ -58,12 +58,21 @@ class AuditWriter:
         """Queue several events as one item (one wake-up of the writer thread instead of one
         per event: what a busy event loop wants); the future gives their sequence numbers
         once all are committed. They may share a batch with other events but are never
-        split across two."""
+        split across two. Never blocks: a full queue (the store has stopped keeping up) is an
+        ``audit-queue-full`` error the caller must treat as an audit failure."""
         fut: Future[list[int]] = Future()
         with self._state:
             if self._closed:
                 raise AuditError("the audit writer is closed", code="audit-closed")
-            self._queue.put((events, fut))
+            try:
+                self._queue.put_nowait((events, fut))
+            except queue.Full:
+                raise AuditError(
+                    f"the audit queue is full ({self._queue.maxsize} items waiting)",
+                    code="audit-queue-full",
+                ) from None
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self._queue.qsize())
         return fut
 
     def write(self, event: AuditEvent, timeout: float = 30.0) -> int:

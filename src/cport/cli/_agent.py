@@ -94,20 +94,36 @@ class AgentClient:
             raise CportError(
                 f"cannot reach the agent at {self.where}: {exc}", code="agent-unreachable"
             ) from exc
-        doc = resp.json()
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise CportError(
+                f"the agent answered {resp.status_code} without JSON: {resp.text[:200]}",
+                code="agent-error",
+            ) from None
         if resp.status_code >= 400 and "error" in doc:
             err = doc["error"]
             raise CportError(err.get("message", ""), code=err.get("code", "agent-error"))
         return doc
 
     def stream(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Server-Sent Events: each default event's data as JSON; `dropped` events (the
+        agent could not keep up with this reader) are reported on standard error."""
         try:
             with self.http.stream("GET", path, params=params, timeout=None) as resp:
+                event = "message"
                 for line in resp.iter_lines():
-                    if line.startswith("data: "):
-                        yield json.loads(line[6:])
-                    elif line.startswith("event: dropped"):
-                        err_console.print("[yellow]some flows were dropped (slow reader)[/]")
+                    if line.startswith("event: "):
+                        event = line[7:].strip()
+                    elif line.startswith("data: "):
+                        if event == "dropped":
+                            err_console.print(
+                                f"[yellow]{line[6:].strip()} flow(s) dropped (slow reader)[/]"
+                            )
+                        else:
+                            yield json.loads(line[6:])
+                    elif not line:
+                        event = "message"
         except httpx.HTTPError as exc:
             raise CportError(
                 f"lost the agent at {self.where}: {exc}", code="agent-unreachable"

@@ -216,6 +216,8 @@ def parse_agent(root: Cursor, base: Path, duration: object) -> AgentSettings:
         out.inventory = _paths(c, base)
     if (c := root.get("recheckInterval")) is not None:
         out.recheck_interval = duration(c)  # type: ignore[operator]
+        if out.recheck_interval <= 0:
+            c.fail("recheckInterval must be more than 0", hint="e.g. 250ms")
     if (api := root.get("api")) is not None:
         api.mapping({"socket", "listen", "adminTokenFile"})
         listen = host_port(c) if (c := api.get("listen")) is not None else None

@@ -61,6 +61,7 @@ class EbpfEnforcer:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.last_sync: dict[str, object] = {}
+        self.last_error: str | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,7 +100,8 @@ class EbpfEnforcer:
                 if self.dp.realised_revision != self.agent.state.table.revision:
                     await self.sync()
                 await self._expire_grants()
-            except CportError as exc:
+            except Exception as exc:
+                self.last_error = f"sync: {exc}"
                 log.error(
                     "eBPF sync failed (the kernel keeps revision %d): %s",
                     self.dp.realised_revision,
@@ -112,7 +114,13 @@ class EbpfEnforcer:
         loop = asyncio.get_running_loop()
         agent = self.agent
         while True:
-            events = await loop.run_in_executor(None, self.dp.poll_events, 200)
+            try:
+                events = await loop.run_in_executor(None, self.dp.poll_events, 200)
+            except Exception as exc:  # keep reading; status shows the last failure
+                self.last_error = f"events: {exc}"
+                log.error("reading kernel verdict events failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
             if not events:
                 continue
             from cport.ebpf import to_audit_event
@@ -186,6 +194,7 @@ class EbpfEnforcer:
             "pinRoot": str(self.dp.pin_root),
             "realised": self.dp.realised_revision,
             "lastSync": self.last_sync,
+            "lastError": self.last_error,
             "grants": [g.to_json() for g in self.grants.values()],
         }
 

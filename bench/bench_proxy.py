@@ -630,6 +630,7 @@ class RateResult:
     errors: int
     seconds: float
     first_error: str = ""
+    cpu_us_per_conn: float = 0.0  # the proxy's CPU (user + system) per connection
 
 
 async def conn_rate(
@@ -858,7 +859,10 @@ def section_connrate(b: Bench) -> None:
     async def go() -> None:
         for _ in range(rounds):  # targets interleaved; the best round of each counts
             for name, target, tokens in runs:
+                cpu0 = cpu_seconds(target.pid) if target.pid else 0.0
                 r = await conn_rate(target, seconds, concurrency, tokens())
+                if target.pid and r.ok:
+                    r.cpu_us_per_conn = (cpu_seconds(target.pid) - cpu0) / r.ok * 1e6
                 best = results.get(name)
                 if best is None or r.rate > best.rate:
                     r.errors += best.errors if best else 0
@@ -870,7 +874,7 @@ def section_connrate(b: Bench) -> None:
     h = results.get("haproxy")
     print(f"\nconnection rate: {concurrency} concurrent clients, best of {rounds} x {seconds:g} s; "
           "connect, (CONNECT), 1 echoed byte, close")  # fmt: skip
-    print(f"{'':<22} {'conn/s':>9} {'errors':>7}  target")
+    print(f"{'':<22} {'conn/s':>9} {'errors':>7} {'proxy CPU us/conn':>18}  target")
     for name, r in results.items():
         note = ""
         if name.startswith("cport") and h and h.rate:
@@ -878,13 +882,16 @@ def section_connrate(b: Bench) -> None:
             note = f"{ratio:.2f}x haproxy"
             if name == "cport":
                 note += f", >= {TARGET_CONNRATE}x: {mark(ratio >= TARGET_CONNRATE)}"
-        print(f"{name:<22} {r.rate:>9,.0f} {r.errors:>7}  {note}")
+        cpu = f"{r.cpu_us_per_conn:,.0f}" if r.cpu_us_per_conn else "-"
+        print(f"{name:<22} {r.rate:>9,.0f} {r.errors:>7} {cpu:>18}  {note}")
         if r.first_error:
             print(f"{'':<22} first error: {r.first_error}")
     for name, r in results.items():
         key = name.replace(", unique tokens", "_unique")
         b.out[f"connrate_{key}"] = round(r.rate)
         b.out[f"connrate_{key}_errors"] = r.errors
+        if r.cpu_us_per_conn:
+            b.out[f"connrate_{key}_cpu_us"] = round(r.cpu_us_per_conn)
     if "cport" in results and h and h.rate:
         b.out["connrate_vs_haproxy"] = round(results["cport"].rate / h.rate, 3)
         b.out["connrate_unique_vs_haproxy"] = round(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -87,16 +89,52 @@ async def open_upstream(hp: HostPort, timeout: float) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
-        except (OSError, TimeoutError) as exc:  # TimeoutError is an OSError: test it first
+            await _connect(loop, sock, addr, timeout)
+        except OSError as exc:
             sock.close()
-            last = (
-                OSError(f"timed out after {timeout:g}s") if isinstance(exc, TimeoutError) else exc
-            )
+            last = exc
             continue
+        except BaseException:  # cancelled (shutdown): never leak the socket
+            sock.close()
+            raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise last or OSError("no address")
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: Any, timeout: float
+) -> None:
+    """Connect a non-blocking socket within `timeout` seconds (``OSError`` otherwise).
+
+    What ``wait_for(loop.sock_connect(...))`` does, without the task and the extra futures
+    `wait_for` makes for every connection: one writer callback and one timer."""
+    err = sock.connect_ex(addr)
+    if err == 0:
+        return
+    if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+        raise OSError(err, os.strerror(err))
+    fd = sock.fileno()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def writable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def expired() -> None:
+        if not done.done():
+            done.set_exception(OSError(errno.ETIMEDOUT, f"timed out after {timeout:g}s"))
+
+    loop.add_writer(fd, writable)
+    timer = loop.call_later(timeout, expired)
+    try:
+        await done
+    finally:
+        timer.cancel()
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 class _Front:
@@ -400,6 +438,10 @@ class Gateway(_Front):
         inv = self.agent.state.bundle.inventory
         w: Workload | None = None
         try:
+            # Names (the usual target) never look like addresses: spare the exceptions
+            # ip_address raises building its message.
+            if not (host[:1].isdigit() or ":" in host):
+                raise ValueError(host)
             ipaddress.ip_address(host)
             w = inv.by_address(host)
         except ValueError:

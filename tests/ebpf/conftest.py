@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,6 +83,19 @@ def pin_root() -> Iterator[Path]:
         for p in root.iterdir():
             p.unlink()
         root.rmdir()
+
+
+@pytest.fixture
+def shared_pin_root(tmp_path: Path) -> Iterator[Path]:
+    """`ip netns exec` remounts /sys, so pins under /sys/fs/bpf made inside it are private
+    to that command; a bpffs mounted elsewhere is shared with it (docs/ebpf.md)."""
+    mnt = tmp_path / "bpffs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)], check=True, timeout=30)
+    try:
+        yield mnt / "cport"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
 
 
 @pytest.fixture

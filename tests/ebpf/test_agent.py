@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -59,24 +59,40 @@ spec:
 
 
 class Agent:
-    def __init__(self, root: Path, topo: Topology, pin_root: Path, issuer: Issuer) -> None:
+    """`cport up --datapath ebpf` inside the topology's server namespace (its issuer must
+    listen there too). `issuer_kind=None`: an OIDC issuer; `gateway`: its listen address."""
+
+    def __init__(
+        self,
+        root: Path,
+        topo: Topology,
+        pin_root: Path,
+        issuer: Issuer,
+        *,
+        policy: str = POLICY,
+        inventory: str = INVENTORY,
+        issuer_name: str = "cluster",
+        issuer_kind: str | None = "kubernetes",
+        gateway: str | None = None,
+    ) -> None:
         self.root = root
         (root / "policies").mkdir(parents=True)
         (root / "inventory").mkdir()
-        (root / "policies" / "db.yaml").write_text(POLICY)
-        (root / "inventory" / "shop.yaml").write_text(INVENTORY)
+        (root / "policies" / "db.yaml").write_text(policy)
+        (root / "inventory" / "shop.yaml").write_text(inventory)
         self.socket = root / "state" / "agent.sock"
         self.config = root / "agent.yaml"
+        kind = f"\n      kind: {issuer_kind}" if issuer_kind else ""
+        gw = f"gateway: {{listen: '{gateway}'}}\n" if gateway else ""
         self.config.write_text(f"""\
 stateDir: state
 policies: [policies]
 inventory: [inventory]
 recheckInterval: 0.1
-datapath: {{mode: ebpf, interface: {topo.server_if}, pinRoot: {pin_root}}}
+{gw}datapath: {{mode: ebpf, interface: {topo.server_if}, pinRoot: {pin_root}}}
 identity:
   issuers:
-    - name: cluster
-      kind: kubernetes
+    - name: {issuer_name}{kind}
       issuer: {issuer.url}
       audiences: [cport]
       jwksUri: {issuer.url}/jwks
@@ -125,19 +141,6 @@ identity:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-
-@pytest.fixture
-def shared_pin_root(tmp_path: Path) -> Iterator[Path]:
-    """`ip netns exec` remounts /sys, so pins under /sys/fs/bpf made inside it are private
-    to that command; a bpffs mounted elsewhere is shared with it (docs/ebpf.md)."""
-    mnt = tmp_path / "bpffs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)], check=True, timeout=30)
-    try:
-        yield mnt / "cport"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
 
 
 def test_agent_enforces_in_the_kernel_grants_and_survives_a_kill(

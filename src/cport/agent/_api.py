@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cport import __version__
+from cport.agent._ebpf import GRANT_STATUS
 from cport.agent._flows import FlowFilter, FlowRecord
 from cport.agent._openapi import OPENAPI
 from cport.audit import AuditFilter
@@ -364,7 +365,13 @@ class ApiServer:
             )
         body = await request.json()
         credential = await self.agent.verify(str(body["token"]))
-        g = await ebpf.grant(credential, str(body["address"]))
+        try:
+            g = await ebpf.grant(credential, str(body["address"]))
+        except CportError as exc:
+            status = GRANT_STATUS.get(exc.code)
+            if status is None:
+                raise  # 400 with its code
+            return _error(status, exc.code, exc.message)
         return web.json_response({"grant": g.to_json()}, status=201)
 
 

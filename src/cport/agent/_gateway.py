@@ -523,6 +523,11 @@ class Gateway(_Front):
             if refresh is not None:
                 await self._refresh(conn, refresh, cred)
                 return None
+            if "cport-grant" in req.headers:  # `cport connect --grant`: no tunnel
+                from cport.agent._ebpf import serve_grant
+
+                await serve_grant(self, conn, req, cred, peer, client)
+                return None
             w, up_addr = self._target(req.host, req.port)
             workload = w.ref
             identity, table = await agent.identity_for(cred.labels)

@@ -227,8 +227,11 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _ok("Grants.")},
             },
             "post": {
-                "summary": "Verify a credential and open auth-required ports for the address "
-                "it speaks for, until it expires or is revoked (eBPF datapath)",
+                "summary": "Verify a credential and open auth-required ports for an address "
+                "until the credential expires or is revoked (eBPF datapath): a workload's "
+                "address if the credential speaks for it (else grant-identity-mismatch), any "
+                "other address bound to the credential's own identity (409 address-bound "
+                "while another identity holds it; 503 grant-not-realised)",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -244,7 +247,13 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {"201": _ok("Granted."), "400": _ERROR, "401": _ERROR, "409": _ERROR},
+                "responses": {
+                    "201": _ok("Granted."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "409": _ERROR,
+                    "503": _ERROR,
+                },
             },
         },
         "/v1/revocations/{id}": {

@@ -166,7 +166,8 @@ def policy(pin_root: Path, generation: str, identity: int | None, output: str) -
 @output_option
 @handle_errors
 def ipcache(pin_root: Path, generation: str, output: str) -> None:
-    """Address prefix → identity: workload addresses and CIDR identities."""
+    """Address prefix → identity: workload addresses, CIDR identities, and addresses bound
+    to a credential's identity by a grant (kind `bound`)."""
     state = _open(pin_root)
     try:
         entries = state.ipcache_entries(_gen(generation))

@@ -6,12 +6,20 @@ Lifecycle::
     dp.open()          # compile if needed; adopt pinned programs and maps, or load them
     stats = dp.sync(table)                   # diff → inactive generation → flip; attach
     dp.grant(identity, "192.0.2.7", expires_at=cred.expires_at)
+    dp.bind("203.0.113.7", user_identity)    # an address → a credential's identity
+    dp.grant(user_identity, "203.0.113.7", expires_at=cred.expires_at)
     for ev in dp.poll_events(timeout_ms=100): ...
     dp.close()         # programs keep enforcing (pinned, attached); detach=True removes them
 
 Sync writes the table into the *inactive* generation (ipcache, endpoints and policy maps)
 by diff against what that generation holds, then flips the one-element ``active`` map: a
 packet reads the epoch once and sees either the whole old policy or the whole new one.
+
+Bindings (:meth:`BpfDatapath.bind`) are host entries laid over the table's ipcache: an
+address that is no workload's resolves to a credential's identity (an OIDC user's, say)
+while the agent holds a grant for it. They are written into the active generation at once
+and into every generation a sync writes; a sync realises exactly the table plus the bindings
+this process knows, so bindings of an earlier process end with its first sync.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from cport.ebpf._encode import (
     address_bytes,
     cookie_value,
     gc_paused,
+    unmapped,
 )
 from cport.ebpf._events import RingReader, VerdictEvent, decode_event
 from cport.ebpf._libbpf import check, check_ptr, lib, obj_info, prog_stats
@@ -182,6 +191,9 @@ class BpfDatapath:
         self._last_flip = 0.0
         self._reader: RingReader | None = None
         self._lock = threading.RLock()
+        self._bindings: dict[bytes, int] = {}  # 16-byte address → the identity bound to it
+        # the ipcache of the last synced table, before bindings (None until this process syncs)
+        self._base_ipcache: dict[bytes, bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @_locked
@@ -406,12 +418,15 @@ class BpfDatapath:
         state = self.state
         t0 = time.perf_counter()
         desired = self._encoder.encode(table)
+        base = desired.ipcache  # what unbind() restores, once this table is realised
+        desired.ipcache = self._with_bindings(base)
         active = self._realised[self._epoch & 1] if self._epoch else None
         if active is not None and _same(active, desired):
             g = self._epoch & 1
             self._write_meta(g, table.revision, desired.entries, self._epoch)
             self._revision = table.revision
             self._realised[g] = desired  # same entries, newer sources: cheaper next diffs
+            self._base_ipcache = base
             self._epoch_revisions[self._epoch] = table.revision
             self.ensure_attached()
             return SyncStats(
@@ -439,12 +454,24 @@ class BpfDatapath:
         for old in [e for e in self._epoch_revisions if e < new_epoch - 8]:
             del self._epoch_revisions[old]
         self._realised[g] = desired
+        self._base_ipcache = base
         self._collect_cookies(current)
         self.ensure_attached()
         return SyncStats(
             table.revision, new_epoch, g, written, deleted, desired.entries,
             time.perf_counter() - t0,
         )  # fmt: skip
+
+    def _with_bindings(self, base: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """The table's ipcache entries with the bindings laid over them (a copy). A binding
+        never covers a workload's address: one that became a workload's since is inert."""
+        out = dict(base)
+        for addr, identity in self._bindings.items():
+            key = L.IPCACHE_KEY.pack(128, addr)
+            if _is_workload(base.get(key)):
+                continue
+            out[key] = L.IPCACHE_VALUE.pack(identity, L.IP_BOUND)
+        return out
 
     def _write_generation(self, g: int, cur: Generation, new: Generation) -> tuple[int, int]:
         state = self.state
@@ -503,12 +530,97 @@ class BpfDatapath:
             L.U32.pack(g), L.GEN_META.pack(revision, time.time_ns(), entries, epoch)
         )
 
+    # -- address bindings ----------------------------------------------------------------
+    @_locked
+    def bind(self, address: str, identity: int) -> None:
+        """Resolve the host `address` to `identity` (a credential's: an OIDC user has no
+        address of its own) until :meth:`unbind`. Written into the active generation at
+        once, and into every generation later syncs write. Refuses a workload's address
+        (``bind-workload-address``) and an address bound to another identity
+        (``address-bound``); binding the same identity again is a no-op. Needs a policy
+        realised by this process (``no-policy``): the table must already hold the
+        identity's rows, or the address would resolve to an identity without policy."""
+        addr = address_bytes(address)
+        base = self._base_ipcache
+        if not self._epoch or base is None:
+            raise EbpfError(
+                "binding an address needs a policy synced by this process (sync first)",
+                code="no-policy",
+            )
+        key = L.IPCACHE_KEY.pack(128, addr)
+        if _is_workload(base.get(key)):
+            raise EbpfError(
+                f"{address} is a workload's address: it keeps the workload's identity",
+                code="bind-workload-address",
+            )
+        current = self._bindings.get(addr)
+        if current == identity:
+            return
+        if current is not None:
+            raise EbpfError(
+                f"{address} is bound to identity {current}; unbind it first",
+                code="address-bound",
+            )
+        # the kernel first: a failed write leaves nothing this process believes bound
+        self._write_active_ipcache(key, L.IPCACHE_VALUE.pack(identity, L.IP_BOUND))
+        self._bindings[addr] = identity
+        self._forget_flows(addr)
+
+    @_locked
+    def unbind(self, address: str, identity: int | None = None) -> bool:
+        """Return `address` to what the table says it is (a CIDR identity or world), if it
+        is bound (to `identity`, when given); returns whether it was. The address's tracked
+        flows are forgotten, so each is decided again (as the table's identity) with its next
+        packet: nothing admitted under the binding outlives it."""
+        addr = address_bytes(address)
+        current = self._bindings.get(addr)
+        if current is None or (identity is not None and current != identity):
+            return False
+        base = self._base_ipcache
+        if self._epoch and base is not None:
+            key = L.IPCACHE_KEY.pack(128, addr)
+            self._write_active_ipcache(key, base.get(key))  # a failure keeps it bound: retry
+        del self._bindings[addr]
+        if self._epoch and base is not None:
+            self._forget_flows(addr)
+        return True
+
+    def bindings(self) -> dict[str, int]:
+        """Address → bound identity, as this process knows them."""
+        with self._lock:
+            return {unmapped(a)[0]: ident for a, ident in self._bindings.items()}
+
+    def _write_active_ipcache(self, key: bytes, value: bytes | None) -> None:
+        """Write (or, with None, delete) one host entry of the active generation, keeping
+        what this process knows of that generation in step (later diffs rely on it)."""
+        g = self._epoch & 1
+        m = self.state[f"ipcache{g}"]
+        gen = self._realised[g]
+        if value is None:
+            m.delete(key)
+            if gen is not None:
+                gen.ipcache.pop(key, None)
+        else:
+            m.update(key, value)
+            if gen is not None:
+                gen.ipcache[key] = value
+
+    def _forget_flows(self, addr: bytes) -> int:
+        """Delete the conntrack entries of flows from or to `addr` (16 bytes): their cached
+        verdicts were decided under the address's previous identity."""
+        ct = self.state["conntrack"]
+        doomed = [k for k in ct.keys() if k[:16] == addr or k[16:32] == addr]  # noqa: SIM118
+        ct.delete_many(doomed)
+        return len(doomed)
+
     # -- grants --------------------------------------------------------------------------
     @_locked
     def grant(self, peer_identity: int, peer_address: str, expires_at: float) -> None:
         """Let `peer_identity` from `peer_address` pass auth-required rows until
         `expires_at` (unix seconds, e.g. the credential's expiry). Replaces an earlier grant
-        for the same peer; an expiry in the past removes it."""
+        for the same peer; an expiry in the past removes it. `peer_address` must resolve to
+        `peer_identity` in the active generation (``grant-identity-mismatch`` otherwise): a
+        workload's or CIDR identity's own address, or an address :meth:`bind` bound to it."""
         addr = address_bytes(peer_address)
         key = L.GRANT_KEY.pack(peer_identity, addr)
         active = self._realised[self._epoch & 1] if self._epoch else None
@@ -549,11 +661,22 @@ class BpfDatapath:
         return len(doomed)
 
     @_locked
-    def prune_grants(self) -> int:
-        """Delete expired grants (they are already powerless); returns how many."""
+    def prune_grants(self, *, unresolved: bool = False) -> int:
+        """Delete expired grants (they are already powerless); returns how many. With
+        `unresolved`, also the grants whose address no longer resolves to their identity in
+        the active generation (powerless too: e.g. those of bindings an earlier process
+        made, which this process's first sync removed)."""
         grants = self.state["grants"]
         now = boot_ns()
-        doomed = [k for k, v in grants.items() if L.GRANT_VALUE.unpack(v[:8])[0] <= now]
+        active = self._realised[self._epoch & 1] if self._epoch else None
+        doomed = []
+        for k, v in grants.items():
+            if L.GRANT_VALUE.unpack(v[:8])[0] <= now:
+                doomed.append(k)
+            elif unresolved and active is not None:
+                peer, addr = L.GRANT_KEY.unpack(k)
+                if resolve_address(active, addr) != peer:
+                    doomed.append(k)
         grants.delete_many(doomed)
         return len(doomed)
 
@@ -625,6 +748,10 @@ def resolve_address(gen: Generation, addr: bytes) -> int:
         if hit is not None:
             return int(L.IPCACHE_VALUE.unpack(hit)[0])
     return 2  # reserved:world, as the programs do
+
+
+def _is_workload(value: bytes | None) -> bool:
+    return value is not None and bool(L.IPCACHE_VALUE.unpack_from(value)[1] & L.IP_WORKLOAD)
 
 
 def _same(a: Generation, b: Generation) -> bool:

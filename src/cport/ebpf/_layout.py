@@ -29,6 +29,7 @@ PV_DEFAULT = 0x1
 PV_HAS_WILDCARD = 0x2
 IP_WORKLOAD = 0x1
 IP_CIDR = 0x2
+IP_BOUND = 0x4
 CT_AUTH = 0x1
 CT_CLOSING = 0x2
 EV_ALLOWED, EV_DENIED, EV_AUDIT, EV_AUTH = 1, 2, 3, 4
@@ -81,6 +82,7 @@ DEFINES = {
     "CPORT_PV_HAS_WILDCARD": PV_HAS_WILDCARD,
     "CPORT_IP_WORKLOAD": IP_WORKLOAD,
     "CPORT_IP_CIDR": IP_CIDR,
+    "CPORT_IP_BOUND": IP_BOUND,
     "CPORT_CT_AUTH": CT_AUTH,
     "CPORT_CT_CLOSING": CT_CLOSING,
     "CPORT_EV_ALLOWED": EV_ALLOWED,
@@ -124,7 +126,7 @@ class IpcacheKey(Structure):
 
 
 class IpcacheValue(Structure):
-    """``struct ipcache_value``: the identity; flags IP_WORKLOAD or IP_CIDR."""
+    """``struct ipcache_value``: the identity; flags IP_WORKLOAD, IP_CIDR or IP_BOUND."""
 
     _fields_ = [("identity", c_uint32), ("flags", c_uint32)]
 

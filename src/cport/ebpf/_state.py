@@ -113,11 +113,12 @@ class PolicyMapEntry:
 
 @dataclass(frozen=True, slots=True)
 class IpcacheEntry:
-    """An ipcache entry: a prefix (a workload's host prefix or a CIDR identity's)."""
+    """An ipcache entry: a prefix (a workload's host prefix or a CIDR identity's), or an
+    address bound to a credential's identity by a grant."""
 
     prefix: str
     identity: int
-    kind: str  # workload | cidr
+    kind: str  # workload | cidr | bound
     generation: int
 
     def to_json(self) -> dict[str, object]:
@@ -350,7 +351,9 @@ class PinnedState:
             plen, raw = L.IPCACHE_KEY.unpack(key)
             ident, flags = L.IPCACHE_VALUE.unpack(value[: L.IPCACHE_VALUE.size])
             addr, bits = unmapped(raw, plen)
-            kind = "workload" if flags & L.IP_WORKLOAD else "cidr"
+            kind = (
+                "workload" if flags & L.IP_WORKLOAD else "bound" if flags & L.IP_BOUND else "cidr"
+            )
             out.append(IpcacheEntry(f"{addr}/{bits}", ident, kind, g))
         out.sort(
             key=lambda e: (ipaddress.ip_network(e.prefix).version, ipaddress.ip_network(e.prefix))

@@ -7,6 +7,11 @@ or a command (run again before the token in use expires). Long sessions survive 
 gateway names each tunnel (``Cport-Connection``) and, before the token expires, the connector
 presents a fresh token for it on a side request (``Cport-Refresh``); the gateway accepts it
 only for the same identity, and extends the tunnel's life to the new expiry.
+
+With ``--grant`` (:class:`Granter`) there is no tunnel: the gateway decides the attempt,
+then grants this machine's address (as the gateway sees it) in the kernel's eBPF datapath
+for the credential's identity, so clients connect to the workload directly; the grant is
+asked for again with a fresh token before it expires.
 """
 
 from __future__ import annotations
@@ -129,7 +134,9 @@ class GatewayReply:
     leftover: bytes
 
 
-async def _read_reply(sock: socket.socket, timeout: float) -> GatewayReply:
+async def _read_reply(
+    sock: socket.socket, timeout: float, *, body_on_success: bool = False
+) -> GatewayReply:
     loop = asyncio.get_running_loop()
     buf = b""
     deadline = loop.time() + timeout
@@ -156,7 +163,7 @@ async def _read_reply(sock: socket.socket, timeout: float) -> GatewayReply:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
     body: dict[str, object] = {}
-    if status != 200:
+    if status != 200 or body_on_success:
         length = int(headers.get("content-length", "0") or 0)
         while len(rest) < length:
             chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout)
@@ -170,6 +177,15 @@ async def _read_reply(sock: socket.socket, timeout: float) -> GatewayReply:
     return GatewayReply(status, headers, body, rest)
 
 
+def authority(target: str) -> str:
+    """``NAMESPACE/WORKLOAD:PORT`` → the CONNECT authority ``WORKLOAD.NAMESPACE:PORT``."""
+    ref, _, port = target.rpartition(":")
+    ns, slash, name = ref.partition("/")
+    if not slash or not ns or not name or not port.isdigit():
+        raise CportError(f"--to {target!r} is not NAMESPACE/WORKLOAD:PORT", code="invalid-target")
+    return f"{name}.{ns}:{port}"
+
+
 class Connector:
     def __init__(
         self,
@@ -181,13 +197,7 @@ class Connector:
         timeout: float = 10.0,
         on_event: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
-        ref, _, port = target.rpartition(":")
-        ns, slash, name = ref.partition("/")
-        if not slash or not port.isdigit():
-            raise CportError(
-                f"--to {target!r} is not NAMESPACE/WORKLOAD:PORT", code="invalid-target"
-            )
-        self.authority = f"{name}.{ns}:{port}"
+        self.authority = authority(target)
         self.gateway = gateway
         self.listen = listen
         self.tokens = tokens
@@ -314,4 +324,184 @@ class Connector:
                 await asyncio.sleep(1.0)
 
 
-__all__ = ["Connector", "GatewayReply", "TokenSource", "token_expiry"]
+#: Gateway refusals worth asking again about (the agent is busy or catching up), not final.
+_TRANSIENT = frozenset(
+    {"grant-not-realised", "audit-unavailable", "too-many-connections", "handshake-timeout"}
+)
+
+
+class GrantRefused(CportError):
+    """The gateway refused a grant: `code` is its reason, `status` the HTTP status (0: the
+    gateway could not be reached or did not answer), `body` its JSON (explanation id, …)."""
+
+    def __init__(
+        self, message: str, *, code: str, status: int = 0, body: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.body = body or {}
+
+    @property
+    def transient(self) -> bool:
+        """Worth asking again: the gateway is busy, catching up or out of reach."""
+        return self.status == 0 or self.status >= 500 or self.code in _TRANSIENT
+
+    def to_json(self) -> dict[str, object]:
+        extra = {k: v for k, v in self.body.items() if k not in ("reason", "message")}
+        return {**super().to_json(), "status": self.status, **extra}
+
+
+@dataclass(frozen=True, slots=True)
+class DirectGrant:
+    """What the gateway granted: `address` (this machine, as the gateway saw it) may reach
+    `connect_to` directly as `identity` until `expires_at`."""
+
+    identity: int
+    address: str
+    connect_to: str
+    expires_at: float
+    doc: dict[str, object]
+
+
+class Granter:
+    """`cport connect --grant`: ask the gateway (``CONNECT`` with ``Cport-Grant: direct``)
+    to grant this machine's address for the credential's identity in the kernel, then ask
+    again with a fresh token before each grant expires. :meth:`run` returns only by
+    cancellation; a refusal raises :class:`CportError` with the gateway's reason code
+    (transient ones — 5xx, an unreachable gateway after the first grant — are retried)."""
+
+    def __init__(
+        self,
+        target: str,
+        gateway: tuple[str, int],
+        tokens: TokenSource,
+        *,
+        timeout: float = 10.0,
+        retry: float = 1.0,
+        on_event: Callable[[str, dict[str, object]], None] | None = None,
+    ) -> None:
+        self.authority = authority(target)
+        self.gateway = gateway
+        self.tokens = tokens
+        self.timeout = timeout
+        self.retry = retry
+        self.on_event = on_event or (lambda kind, doc: None)
+        self.current: DirectGrant | None = None
+
+    async def request(self, token: str) -> DirectGrant:
+        """One grant request; :class:`CportError` with the gateway's reason when refused
+        (``status`` and the body in its fields), or ``gateway-unreachable``."""
+        from cport.agent._gateway import open_upstream
+        from cport.config import HostPort
+
+        loop = asyncio.get_running_loop()
+        head = (
+            f"CONNECT {self.authority} HTTP/1.1\r\nHost: {self.authority}\r\n"
+            f"Proxy-Authorization: Bearer {token}\r\nCport-Grant: direct\r\n\r\n"
+        )
+        try:
+            sock = await open_upstream(HostPort(*self.gateway), self.timeout)
+        except OSError as exc:
+            raise GrantRefused(
+                f"cannot reach the gateway {self.gateway[0]}:{self.gateway[1]}: {exc}",
+                code="gateway-unreachable",
+            ) from exc
+        try:
+            await loop.sock_sendall(sock, head.encode())
+            reply = await _read_reply(sock, self.timeout, body_on_success=True)
+        except OSError as exc:
+            raise GrantRefused(f"the gateway failed: {exc}", code="gateway-unreachable") from exc
+        except CportError as exc:  # no answer in time, or not HTTP
+            raise GrantRefused(exc.message, code=exc.code) from exc
+        finally:
+            sock.close()
+        if reply.status != 200:
+            reason = str(reply.body.get("reason") or reply.headers.get("cport-reason") or "")
+            message = str(reply.body.get("message") or f"the gateway answered {reply.status}")
+            if reply.body.get("explanationId"):
+                message += f" (see: cport explain --id {reply.body['explanationId']})"
+            raise GrantRefused(
+                message,
+                code=reason or f"http-{reply.status}",
+                status=reply.status,
+                body=reply.body,
+            )
+        h = reply.headers
+        try:
+            return DirectGrant(
+                int(h["cport-identity"]),
+                h["cport-address"],
+                str(reply.body.get("connectTo") or h.get("cport-connect-to", "")),
+                float(h["cport-expires-at"]),
+                reply.body,
+            )
+        except (KeyError, ValueError):
+            raise CportError(
+                "the gateway's 200 is not a grant (is it a cport gateway with Cport-Grant?)",
+                code="bad-gateway-reply",
+            ) from None
+
+    async def _token(self) -> str:
+        return await asyncio.get_running_loop().run_in_executor(None, self.tokens.current)
+
+    async def run(self) -> None:
+        token = await self._token()
+        for attempt in range(3):  # a busy agent (5xx) gets two more tries; the rest is final
+            try:
+                self.current = await self.request(token)
+                break
+            except GrantRefused as exc:
+                if exc.status < 500 or attempt == 2:
+                    raise
+                self.on_event("retry", {"reason": exc.code, "message": exc.message})
+                await asyncio.sleep(self.retry)
+        assert self.current is not None
+        self.on_event("granted", self._doc(self.current))
+        lapsed = False
+        while True:
+            grant = self.current
+            due = self.tokens.refresh_at(token)
+            if due is None:  # an opaque token: three quarters into the grant's life
+                due = time.time() + 0.75 * max(0.0, grant.expires_at - time.time())
+            await asyncio.sleep(max(0.05, due - time.time()))
+            while True:
+                if not lapsed and time.time() >= grant.expires_at:
+                    lapsed = True
+                    self.on_event("expired", self._doc(grant))
+                fresh = await self._token()
+                if fresh == token:  # the source has nothing newer yet: ask again shortly
+                    await asyncio.sleep(self.retry)
+                    continue
+                try:
+                    self.current = await self.request(fresh)
+                except GrantRefused as exc:
+                    if not exc.transient:
+                        raise
+                    self.on_event("retry", {"reason": exc.code, "message": exc.message})
+                    await asyncio.sleep(self.retry)
+                    continue
+                token, lapsed = fresh, False
+                self.on_event("regranted", self._doc(self.current))
+                break
+
+    @staticmethod
+    def _doc(g: DirectGrant) -> dict[str, object]:
+        return {
+            **g.doc,
+            "identity": g.identity,
+            "address": g.address,
+            "connectTo": g.connect_to,
+            "expiresAt": g.expires_at,
+        }
+
+
+__all__ = [
+    "Connector",
+    "DirectGrant",
+    "GatewayReply",
+    "GrantRefused",
+    "Granter",
+    "TokenSource",
+    "authority",
+    "token_expiry",
+]

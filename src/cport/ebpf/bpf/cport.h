@@ -24,6 +24,7 @@
 /* ipcache_value.flags */
 #define CPORT_IP_WORKLOAD 0x1 /* a workload address (table.addresses) */
 #define CPORT_IP_CIDR 0x2     /* a CIDR identity's prefix (table.ipcache) */
+#define CPORT_IP_BOUND 0x4    /* an address bound to a credential's identity (a grant) */
 
 /* ct_value.flags */
 #define CPORT_CT_AUTH 0x1    /* admitted through a grant: re-checked when the grant expires */

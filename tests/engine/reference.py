@@ -65,8 +65,9 @@ def _named(inv: Inventory, labels: Labels | None, name: str) -> set[tuple[int, i
     return out
 
 
-def _entry_matches(inv: Inventory, pr: PeerRule, ingress: bool, ep: Peer, peer: Peer,
-                   proto: int, port: int) -> bool:
+def _entry_matches(
+    inv: Inventory, pr: PeerRule, ingress: bool, ep: Peer, peer: Peer, proto: int, port: int
+) -> bool:
     if pr.peers is not None and not any(_sel_matches(s, peer) for s in pr.peers):
         return False
     if pr.ports is None:
@@ -86,14 +87,23 @@ def _entry_matches(inv: Inventory, pr: PeerRule, ingress: bool, ep: Peer, peer: 
     return False
 
 
-def _direction(policies: list[Policy], inv: Inventory, ep: Peer, peer: Peer, proto: int,
-               port: int, ingress: bool, allow_localhost: bool) -> str:
+def _direction(
+    policies: list[Policy],
+    inv: Inventory,
+    ep: Peer,
+    peer: Peer,
+    proto: int,
+    port: int,
+    ingress: bool,
+    allow_localhost: bool,
+) -> str:
     """One direction's verdict: allowed, denied, audit or auth-required."""
     selecting: list[tuple[Policy, Rule]] = []
     for pol in policies:
         for rule in pol.rules:
             if (rule.selects_ingress if ingress else rule.selects_egress) and _sel_matches(
-                    rule.subject, ep):
+                rule.subject, ep
+            ):
                 selecting.append((pol, rule))
     if not selecting:
         return "allowed"
@@ -121,7 +131,8 @@ def _direction(policies: list[Policy], inv: Inventory, ep: Peer, peer: Peer, pro
         default_deny = any(
             pol.mode in counted
             and (rule.default_deny_ingress if ingress else rule.default_deny_egress)
-            for pol, rule in selecting)
+            for pol, rule in selecting
+        )
         return "denied" if default_deny else "allowed"
 
     enforced = evaluate({Mode.ENFORCE})
@@ -131,8 +142,16 @@ def _direction(policies: list[Policy], inv: Inventory, ep: Peer, peer: Peer, pro
     return "allowed" if as_if_all == "allowed" else "audit"
 
 
-def reference_decide(policies: list[Policy], inv: Inventory, src: Peer, dst: Peer, proto: int,
-                     port: int, *, allow_localhost: bool = True) -> str:
+def reference_decide(
+    policies: list[Policy],
+    inv: Inventory,
+    src: Peer,
+    dst: Peer,
+    proto: int,
+    port: int,
+    *,
+    allow_localhost: bool = True,
+) -> str:
     """The flow's verdict: the stricter of source egress and destination ingress."""
     rank = {"denied": 3, "auth-required": 2, "audit": 1, "allowed": 0}
     verdicts = ["allowed"]

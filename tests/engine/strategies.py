@@ -39,8 +39,15 @@ CIDRS = [
     ("192.0.2.128/25", ()),
     ("0.0.0.0/0", ("198.51.100.0/24",)),
 ]
-EXTERNAL_IPS = ["203.0.113.5", "203.0.113.70", "203.0.113.200", "192.0.2.1", "192.0.2.200",
-                "198.51.100.250", "198.18.0.1"]
+EXTERNAL_IPS = [
+    "203.0.113.5",
+    "203.0.113.70",
+    "203.0.113.200",
+    "192.0.2.1",
+    "192.0.2.200",
+    "198.51.100.250",
+    "198.18.0.1",
+]
 GROUPS = ["dba", "dev"]
 LOC = Location("hypothesis")
 
@@ -51,15 +58,25 @@ def workloads(draw: st.DrawFn, index: int) -> Workload:
     labels = {"app": draw(st.sampled_from(APPS))}
     if draw(st.booleans()):
         labels["tier"] = draw(st.sampled_from(TIERS))
-    ports = draw(st.lists(st.tuples(st.sampled_from(PORT_NAMES), st.sampled_from(PORTS),
-                                    st.sampled_from(["TCP", "UDP"])),
-                          max_size=2, unique_by=lambda t: t[0]))
+    ports = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(PORT_NAMES), st.sampled_from(PORTS), st.sampled_from(["TCP", "UDP"])
+            ),
+            max_size=2,
+            unique_by=lambda t: t[0],
+        )
+    )
     return Workload(
-        namespace=ns, name=f"w{index}", labels=tuple(sorted(labels.items())),
+        namespace=ns,
+        name=f"w{index}",
+        labels=tuple(sorted(labels.items())),
         service_account=draw(st.sampled_from(["default", "sa1"])),
         addresses=(f"198.51.100.{index + 1}",),
         ports=tuple(ContainerPort(p, proto, n) for n, p, proto in ports),
-        location=LOC, host_network=draw(st.booleans()) and index == 0 and draw(st.booleans()))
+        location=LOC,
+        host_network=draw(st.booleans()) and index == 0 and draw(st.booleans()),
+    )
 
 
 @st.composite
@@ -77,8 +94,14 @@ def _label_selector(draw: st.DrawFn, namespace: str | None) -> Selector:
         reqs.append(eq("k8s", "app", draw(st.sampled_from(APPS))))
     kind = draw(st.integers(0, 5))
     if kind == 1:
-        reqs.append(Requirement("k8s", "tier", Op.IN, tuple(sorted(set(
-            draw(st.lists(st.sampled_from(TIERS), min_size=1, max_size=2)))))))
+        reqs.append(
+            Requirement(
+                "k8s",
+                "tier",
+                Op.IN,
+                tuple(sorted(set(draw(st.lists(st.sampled_from(TIERS), min_size=1, max_size=2))))),
+            )
+        )
     elif kind == 2:
         reqs.append(Requirement("k8s", "tier", Op.NOT_IN, (draw(st.sampled_from(TIERS)),)))
     elif kind == 3:
@@ -110,12 +133,22 @@ def peer_selectors(draw: st.DrawFn, namespace: str) -> tuple[Selector, ...] | No
             out.extend(found)
         elif kind == 3:
             prefix, excepts = draw(st.sampled_from(CIDRS))
-            out.append(Selector.of(cidr_requirement(
-                ipaddress.ip_network(prefix), tuple(ipaddress.ip_network(e) for e in excepts))))
+            out.append(
+                Selector.of(
+                    cidr_requirement(
+                        ipaddress.ip_network(prefix),
+                        tuple(ipaddress.ip_network(e) for e in excepts),
+                    )
+                )
+            )
         elif kind == 4:
-            out.append(Selector.of(Requirement("agent", "actor", Op.DOES_NOT_EXIST),
-                                   eq("oidc", "iss", "corp"),
-                                   eq("oidc", "groups", draw(st.sampled_from(GROUPS)))))
+            out.append(
+                Selector.of(
+                    Requirement("agent", "actor", Op.DOES_NOT_EXIST),
+                    eq("oidc", "iss", "corp"),
+                    eq("oidc", "groups", draw(st.sampled_from(GROUPS))),
+                )
+            )
         else:
             out.append(Selector.of(Requirement("oidc", "sub", Op.GLOB, ("u*",))))
     return tuple(dict.fromkeys(out))
@@ -145,9 +178,14 @@ def port_ranges(draw: st.DrawFn) -> tuple[PortRange, ...] | None:
 @st.composite
 def peer_rules(draw: st.DrawFn, namespace: str, *, allow_auth: bool) -> tuple[PeerRule, ...]:
     return tuple(
-        PeerRule(draw(peer_selectors(namespace)), draw(port_ranges()), LOC,
-                 auth=allow_auth and draw(st.integers(0, 3)) == 0)
-        for _ in range(draw(st.integers(0, 2))))
+        PeerRule(
+            draw(peer_selectors(namespace)),
+            draw(port_ranges()),
+            LOC,
+            auth=allow_auth and draw(st.integers(0, 3)) == 0,
+        )
+        for _ in range(draw(st.integers(0, 2)))
+    )
 
 
 @st.composite
@@ -163,16 +201,26 @@ def policies(draw: st.DrawFn, index: int) -> Policy:
         ingress_deny = draw(peer_rules(ns, allow_auth=False)) if draw(st.booleans()) else ()
         egress = draw(peer_rules(ns, allow_auth=False))
         egress_deny = draw(peer_rules(ns, allow_auth=False)) if draw(st.booleans()) else ()
-        rules.append(Rule(
-            subject=subject, location=LOC, ingress=ingress, ingress_deny=ingress_deny,
-            egress=egress, egress_deny=egress_deny,
-            selects_ingress=bool(ingress or ingress_deny) or draw(st.booleans()),
-            selects_egress=bool(egress or egress_deny) or draw(st.booleans()),
-            default_deny_ingress=draw(st.integers(0, 4)) > 0,
-            default_deny_egress=draw(st.integers(0, 4)) > 0))
+        rules.append(
+            Rule(
+                subject=subject,
+                location=LOC,
+                ingress=ingress,
+                ingress_deny=ingress_deny,
+                egress=egress,
+                egress_deny=egress_deny,
+                selects_ingress=bool(ingress or ingress_deny) or draw(st.booleans()),
+                selects_egress=bool(egress or egress_deny) or draw(st.booleans()),
+                default_deny_ingress=draw(st.integers(0, 4)) > 0,
+                default_deny_egress=draw(st.integers(0, 4)) > 0,
+            )
+        )
     mode = Mode.AUDIT if draw(st.integers(0, 3)) == 0 else Mode.ENFORCE
-    key = PolicyKey("CiliumClusterwideNetworkPolicy", "", f"p{index}") if clusterwide else (
-        PolicyKey("PortPolicy", ns, f"p{index}"))
+    key = (
+        PolicyKey("CiliumClusterwideNetworkPolicy", "", f"p{index}")
+        if clusterwide
+        else (PolicyKey("PortPolicy", ns, f"p{index}"))
+    )
     return Policy(key, mode, tuple(rules), LOC)
 
 

@@ -59,8 +59,9 @@ def test_named_port_resolves_per_workload_identity() -> None:
 
 
 def test_update_reuses_untouched_endpoint_policies() -> None:
-    b = load_text(INVENTORY + "---" + _policy("db", "db", "5432") + "---"
-                  + _policy("web", "web", "80"))
+    b = load_text(
+        INVENTORY + "---" + _policy("db", "db", "5432") + "---" + _policy("web", "web", "80")
+    )
     compiler = Compiler(b.inventory)
     t1 = compiler.compile(b.policies)
     db, web, api = (t1.workload_ids[("shop", n)] for n in ("db", "web", "api"))
@@ -115,11 +116,15 @@ spec:
     t2 = compiler.update(upsert=[cidr])
     assert t2.revision == t1.revision + 1
     assert {str(k): i.revision for k, i in t2.policies.items()} == {
-        "PortPolicy/shop/db": 1, "PortPolicy/shop/ext": 2}
+        "PortPolicy/shop/db": 1,
+        "PortPolicy/shop/ext": 2,
+    }
 
 
 def test_authenticated_flows_pass_auth_required_rows() -> None:
-    b = load_text(INVENTORY + """---
+    b = load_text(
+        INVENTORY
+        + """---
 apiVersion: cport.dev/v1alpha1
 kind: PortPolicy
 metadata: {name: db, namespace: shop}
@@ -129,7 +134,8 @@ spec:
     - from: [{workloads: {matchLabels: {app: api}}}]
       ports: [{port: 5432}]
       authentication: required
-""")
+"""
+    )
     t = compile_table(b.policies, b.inventory)
     api, db, web = (t.workload_ids[("shop", n)] for n in ("api", "db", "web"))
     assert decide(t, Flow(api, db, 6, 5432)).verdict is Verdict.AUTH_REQUIRED

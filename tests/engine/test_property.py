@@ -24,16 +24,20 @@ from .reference import Peer, reference_decide
 from .strategies import EXTERNAL_IPS, PORTS, USERS, inventories, policy_sets
 
 FLOW_PORTS = [*PORTS, 22, 9999]
-SETTINGS = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _ends(table: Table, inv: Inventory) -> list[tuple[str, int, Peer]]:
     """Every flow end worth trying: workloads, the host, external addresses, users."""
     out: list[tuple[str, int, Peer]] = []
     for w in inv:
-        out.append((w.ref, table.workload_ids[(w.namespace, w.name)],
-                    Peer(inv.identity_labels(w), w)))
+        out.append(
+            (w.ref, table.workload_ids[(w.namespace, w.name)], Peer(inv.identity_labels(w), w))
+        )
     out.append(("entity:host", 1, Peer(Labels.parse("reserved:host"))))
     for ip in EXTERNAL_IPS:
         ep = resolve_endpoint(table, inv, f"cidr:{ip}")
@@ -50,34 +54,40 @@ def _verdict(table: Table, src: int, dst: int, proto: int, port: int) -> str:
 
 @SETTINGS
 @given(inv=inventories(), pols=policy_sets(), data=st.data())
-def test_decide_agrees_with_reference(inv: Inventory, pols: list[Policy],
-                                      data: st.DataObject) -> None:
+def test_decide_agrees_with_reference(
+    inv: Inventory, pols: list[Policy], data: st.DataObject
+) -> None:
     table = compile_table(pols, inv, extra_identities=USERS)
     ends = _ends(table, inv)
     srcs = data.draw(st.lists(st.sampled_from(ends), min_size=1, max_size=6))
     dsts = [e for e in ends if e[2].workload is not None or e[2].ip] + [ends[-1]]
     for s_name, s_id, s_peer in srcs:
-        for d_name, d_id, d_peer in data.draw(st.lists(st.sampled_from(dsts), min_size=1,
-                                                       max_size=6)):
+        for d_name, d_id, d_peer in data.draw(
+            st.lists(st.sampled_from(dsts), min_size=1, max_size=6)
+        ):
             for proto in (6, 17):
-                for port in data.draw(st.lists(st.sampled_from(FLOW_PORTS), min_size=1,
-                                               max_size=3)):
+                for port in data.draw(
+                    st.lists(st.sampled_from(FLOW_PORTS), min_size=1, max_size=3)
+                ):
                     got = _verdict(table, s_id, d_id, proto, port)
                     want = reference_decide(pols, inv, s_peer, d_peer, proto, port)
                     assert got == want, (
                         f"{s_name} -> {d_name} {port}/{proto}: table says {got}, "
-                        f"reference says {want}")
+                        f"reference says {want}"
+                    )
 
 
 @SETTINGS
 @given(inv=inventories(), pols=policy_sets(), data=st.data())
-def test_explain_uses_the_same_lookup(inv: Inventory, pols: list[Policy],
-                                      data: st.DataObject) -> None:
+def test_explain_uses_the_same_lookup(
+    inv: Inventory, pols: list[Policy], data: st.DataObject
+) -> None:
     table = compile_table(pols, inv, extra_identities=USERS)
     ends = _ends(table, inv)
     for _ in range(10):
         (s_name, s_id, s_peer), (d_name, d_id, d_peer) = data.draw(
-            st.tuples(st.sampled_from(ends), st.sampled_from(ends)))
+            st.tuples(st.sampled_from(ends), st.sampled_from(ends))
+        )
         port = data.draw(st.sampled_from(FLOW_PORTS))
         flow = Flow(s_id, d_id, 6, port)
         src = Endpoint(s_id, table.identities[s_id], s_name, s_peer.workload)
@@ -95,8 +105,9 @@ def test_explain_uses_the_same_lookup(inv: Inventory, pols: list[Policy],
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inv=inventories(), pols=policy_sets(), data=st.data())
-def test_incremental_update_matches_full_compile(inv: Inventory, pols: list[Policy],
-                                                 data: st.DataObject) -> None:
+def test_incremental_update_matches_full_compile(
+    inv: Inventory, pols: list[Policy], data: st.DataObject
+) -> None:
     if not pols:
         return
     compiler = Compiler(inv, extra_identities=USERS)
@@ -106,14 +117,17 @@ def test_incremental_update_matches_full_compile(inv: Inventory, pols: list[Poli
     full = compile_table(pols, inv, extra_identities=USERS)
     removed_key = data.draw(st.sampled_from(pols)).key
     after_remove = compiler.update(remove=[removed_key])
-    full_removed = compile_table([p for p in pols if p.key != removed_key], inv,
-                                 extra_identities=USERS)
+    full_removed = compile_table(
+        [p for p in pols if p.key != removed_key], inv, extra_identities=USERS
+    )
     ends = [e[1] for e in _ends(full, inv)]
+
     # Identity numbers may differ between compilers; map them through the label sets.
     def same_ids(a: Table, b: Table) -> dict[int, int]:
         by_labels = {labels: num for num, labels in b.identities.items()}
-        return {num: by_labels[labels] for num, labels in a.identities.items()
-                if labels in by_labels}
+        return {
+            num: by_labels[labels] for num, labels in a.identities.items() if labels in by_labels
+        }
 
     for got, want in ((updated, full), (after_remove, full_removed)):
         to_got = same_ids(want, got)
@@ -123,13 +137,15 @@ def test_incremental_update_matches_full_compile(inv: Inventory, pols: list[Poli
                     continue
                 for port in (80, 5432, 9999):
                     assert _verdict(got, to_got[s], to_got[d], 6, port) == _verdict(
-                        want, s, d, 6, port)
+                        want, s, d, 6, port
+                    )
 
 
 @SETTINGS
 @given(inv=inventories(), pols=policy_sets(), data=st.data())
 def test_identities_added_at_runtime_match_a_full_compile(
-        inv: Inventory, pols: list[Policy], data: st.DataObject) -> None:
+    inv: Inventory, pols: list[Policy], data: st.DataObject
+) -> None:
     """The agent meets token identities after compiling: adding them later must give the
     same verdicts as compiling with them from the start (and the reference)."""
     compiler = Compiler(inv)
@@ -139,8 +155,9 @@ def test_identities_added_at_runtime_match_a_full_compile(
     assert after.revision == before.revision + 1
     again, same = compiler.add_identities(some)
     assert same == numbers and again.revision == after.revision
-    dsts = [(after.workload_ids[(w.namespace, w.name)], Peer(inv.identity_labels(w), w))
-            for w in inv]
+    dsts = [
+        (after.workload_ids[(w.namespace, w.name)], Peer(inv.identity_labels(w), w)) for w in inv
+    ]
     for labels, num in zip(some, numbers, strict=True):
         for d_id, d_peer in dsts:
             for port in FLOW_PORTS:

@@ -160,8 +160,9 @@ def test_two_processes_never_share_a_number_after_both_save(tmp_path: Path) -> N
     assert fresh.lookup(DB) == two.lookup(DB)
     nums = [n for n, _ in fresh if n >= 256]
     assert len(nums) == len(set(nums)) == 2
-    on_disk = {e["id"]: Labels(Label(*t) for t in e["labels"])
-               for e in _state(tmp_path)["identities"]}  # type: ignore[attr-defined]
+    on_disk = {
+        e["id"]: Labels(Label(*t) for t in e["labels"]) for e in _state(tmp_path)["identities"]
+    }  # type: ignore[attr-defined]
     assert on_disk == {256: WEB, two.lookup(DB): DB}
 
 
@@ -220,15 +221,22 @@ def test_corrupt_state_file_is_an_identity_error(tmp_path: Path, content: str) -
     "content",
     [
         pytest.param('{"version": 2, "identities": [{"id": 256}]}', id="no-labels"),
-        pytest.param('{"version": 2, "identities": [{"id": "x", "labels": []}]}',
-                     id="number-string"),
-        pytest.param('{"version": 2, "identities": [{"id": 300, "labels": [["", "x", ""]]}]}',
-                     id="bad-label"),
-        pytest.param('{"version": 2, "identities": [{"id": 300, "labels": "k8s:a=1"}]}',
-                     id="labels-not-a-list"),
+        pytest.param(
+            '{"version": 2, "identities": [{"id": "x", "labels": []}]}', id="number-string"
+        ),
+        pytest.param(
+            '{"version": 2, "identities": [{"id": 300, "labels": [["", "x", ""]]}]}', id="bad-label"
+        ),
+        pytest.param(
+            '{"version": 2, "identities": [{"id": 300, "labels": "k8s:a=1"}]}',
+            id="labels-not-a-list",
+        ),
         pytest.param('{"version": 2, "identities": [7]}', id="entry-not-a-mapping"),
-        pytest.param('{"version": 2, "identities": [{"id": 300, "labels": []}, '
-                     '{"id": 300, "labels": [["k8s", "a", "1"]]}]}', id="duplicate-id"),
+        pytest.param(
+            '{"version": 2, "identities": [{"id": 300, "labels": []}, '
+            '{"id": 300, "labels": [["k8s", "a", "1"]]}]}',
+            id="duplicate-id",
+        ),
     ],
 )
 def test_structurally_corrupt_state_is_an_identity_error(tmp_path: Path, content: str) -> None:
@@ -240,7 +248,8 @@ def test_structurally_corrupt_state_is_an_identity_error(tmp_path: Path, content
 
 def test_state_file_cannot_take_a_reserved_number(tmp_path: Path) -> None:
     (tmp_path / "identities.json").write_text(
-        '{"version": 2, "identities": [{"id": 5, "labels": [["k8s", "a", "1"]]}]}')
+        '{"version": 2, "identities": [{"id": 5, "labels": [["k8s", "a", "1"]]}]}'
+    )
     try:
         alloc = IdentityAllocator(tmp_path)
     except IdentityError as exc:

@@ -98,9 +98,7 @@ def _code(call: Callable[[], object]) -> str:
 # --------------------------------------------------------------------------- hand-made requests
 
 
-def _presigned_url(
-    changes: Mapping[str, str | None] | None = None, base: str = f"{STS}/"
-) -> str:
+def _presigned_url(changes: Mapping[str, str | None] | None = None, base: str = f"{STS}/") -> str:
     params: dict[str, str | None] = {
         "Action": "GetCallerIdentity",
         "Version": "2011-06-15",
@@ -161,8 +159,11 @@ def _vault(
 def test_a_well_formed_token_is_prepared_without_any_call() -> None:
     token = _token(_presigned_url())
     prepared = parse_authenticator_token(token, AwsConfig(audience=CLUSTER), NOW + 30)
-    assert (prepared.form, prepared.method, prepared.host) == ("aws-iam-authenticator", "GET",
-                                                                "sts.amazonaws.com")
+    assert (prepared.form, prepared.method, prepared.host) == (
+        "aws-iam-authenticator",
+        "GET",
+        "sts.amazonaws.com",
+    )
     assert prepared.headers == (("x-k8s-aws-id", CLUSTER),)
     assert (prepared.signed_at, prepared.expires_at) == (NOW, NOW + 900)
     assert SIG not in repr(prepared) and "X-Amz" not in repr(prepared)
@@ -173,7 +174,7 @@ def test_a_well_formed_token_is_prepared_without_any_call() -> None:
     [
         ("", "malformed"),
         ("Bearer abc", "malformed"),
-        ("k8s-aws-v2." + _token(_presigned_url())[len(TOKEN_PREFIX):], "malformed"),
+        ("k8s-aws-v2." + _token(_presigned_url())[len(TOKEN_PREFIX) :], "malformed"),
         (TOKEN_PREFIX, "malformed"),
         (TOKEN_PREFIX + "!!!!", "malformed"),
         (TOKEN_PREFIX + "a", "malformed"),
@@ -228,8 +229,10 @@ def test_endpoints_match_scheme_host_and_port_exactly() -> None:
         ({"Action": "AssumeRole"}, "sts-action-not-allowed"),
         ({"Action": None}, "sts-action-not-allowed"),
         ({"Version": "2011-06-16"}, "sts-action-not-allowed"),
-        ({"X-Amz-Credential": f"{AKID}/20260101/us-east-1/iam/aws4_request"},
-         "sts-action-not-allowed"),
+        (
+            {"X-Amz-Credential": f"{AKID}/20260101/us-east-1/iam/aws4_request"},
+            "sts-action-not-allowed",
+        ),
         ({"RoleArn": f"arn:aws:iam::{ACCOUNT}:role/x"}, "malformed"),  # nothing else
         ({"action": "GetCallerIdentity"}, "malformed"),  # exact spelling only
         ({"X-Amz-SignedHeaders": "host"}, "audience-mismatch"),  # cluster id not signed
@@ -304,14 +307,21 @@ def test_errors_never_carry_the_credential() -> None:
 
 
 def test_a_well_formed_vault_login_is_prepared_with_only_signed_headers_forwarded() -> None:
-    login = _vault(headers={"X-Forwarded-For": ["203.0.113.9"], "Connection": ["close"],
-                            "Host": ["sts.amazonaws.com"]})
+    login = _vault(
+        headers={
+            "X-Forwarded-For": ["203.0.113.9"],
+            "Connection": ["close"],
+            "Host": ["sts.amazonaws.com"],
+        }
+    )
     prepared = parse_signed_request(login, AwsConfig(), NOW)
-    assert (prepared.form, prepared.method, prepared.host) == ("vault", "POST",
-                                                                "sts.amazonaws.com")
+    assert (prepared.form, prepared.method, prepared.host) == ("vault", "POST", "sts.amazonaws.com")
     assert prepared.body == GCI_BODY.encode()
     assert {name.lower() for name, _ in prepared.headers} == {
-        "content-type", "x-amz-date", "authorization"}
+        "content-type",
+        "x-amz-date",
+        "authorization",
+    }
     assert "Signature" not in repr(prepared)
 
 
@@ -342,12 +352,27 @@ def test_a_well_formed_vault_login_is_prepared_with_only_signed_headers_forwarde
         (_vault(signed="content-type;host"), "malformed"),  # X-Amz-Date not signed
         (_vault(signed="content-type;x-amz-date"), "malformed"),  # Host not signed
         (_vault(signed="content-type;host;x-amz-date;x-missing"), "malformed"),
-        (_vault(signed="content-type;host;transfer-encoding;x-amz-date",
-                headers={"Transfer-Encoding": ["chunked"]}), "malformed"),
-        (_vault(signed="content-length;content-type;host;x-amz-date",
-                headers={"Content-Length": ["5"]}), "malformed"),
-        (_vault(signed="accept;content-type;host;x-amz-date",
-                headers={"Accept": ["application/json"]}), "malformed"),
+        (
+            _vault(
+                signed="content-type;host;transfer-encoding;x-amz-date",
+                headers={"Transfer-Encoding": ["chunked"]},
+            ),
+            "malformed",
+        ),
+        (
+            _vault(
+                signed="content-length;content-type;host;x-amz-date",
+                headers={"Content-Length": ["5"]},
+            ),
+            "malformed",
+        ),
+        (
+            _vault(
+                signed="accept;content-type;host;x-amz-date",
+                headers={"Accept": ["application/json"]},
+            ),
+            "malformed",
+        ),
         (_vault(scope=f"{AKID}/20260101/us-east-1/iam/aws4_request"), "sts-action-not-allowed"),
     ],
 )
@@ -381,20 +406,41 @@ def test_vault_server_id_must_be_signed_and_equal_when_configured() -> None:
 @pytest.mark.parametrize(
     ("arn", "subject", "labels"),
     [
-        (f"arn:aws:iam::{ACCOUNT}:user/alice", f"arn:aws:iam::{ACCOUNT}:user/alice",
-         "aws:user=alice"),
-        (f"arn:aws:iam::{ACCOUNT}:user/eng/alice", f"arn:aws:iam::{ACCOUNT}:user/eng/alice",
-         "aws:user=alice"),
-        (f"arn:aws:sts::{ACCOUNT}:assumed-role/ci-deploy/session",
-         f"arn:aws:iam::{ACCOUNT}:role/ci-deploy", "aws:role=ci-deploy"),
-        (f"arn:aws:sts::{ACCOUNT}:assumed-role/ci-deploy/botocore-session-1700000000",
-         f"arn:aws:iam::{ACCOUNT}:role/ci-deploy", "aws:role=ci-deploy"),
-        (f"arn:aws:iam::{ACCOUNT}:role/teams/ci/ci-deploy",
-         f"arn:aws:iam::{ACCOUNT}:role/teams/ci/ci-deploy", "aws:role=ci-deploy"),
-        (f"arn:aws-cn:sts::{ACCOUNT}:assumed-role/r@x.y/s",
-         f"arn:aws-cn:iam::{ACCOUNT}:role/r@x.y", "aws:role=r@x.y"),
-        (f"arn:aws:sts::{ACCOUNT}:federated-user/bob", f"arn:aws:sts::{ACCOUNT}:federated-user/bob",
-         "aws:federated-user=bob"),
+        (
+            f"arn:aws:iam::{ACCOUNT}:user/alice",
+            f"arn:aws:iam::{ACCOUNT}:user/alice",
+            "aws:user=alice",
+        ),
+        (
+            f"arn:aws:iam::{ACCOUNT}:user/eng/alice",
+            f"arn:aws:iam::{ACCOUNT}:user/eng/alice",
+            "aws:user=alice",
+        ),
+        (
+            f"arn:aws:sts::{ACCOUNT}:assumed-role/ci-deploy/session",
+            f"arn:aws:iam::{ACCOUNT}:role/ci-deploy",
+            "aws:role=ci-deploy",
+        ),
+        (
+            f"arn:aws:sts::{ACCOUNT}:assumed-role/ci-deploy/botocore-session-1700000000",
+            f"arn:aws:iam::{ACCOUNT}:role/ci-deploy",
+            "aws:role=ci-deploy",
+        ),
+        (
+            f"arn:aws:iam::{ACCOUNT}:role/teams/ci/ci-deploy",
+            f"arn:aws:iam::{ACCOUNT}:role/teams/ci/ci-deploy",
+            "aws:role=ci-deploy",
+        ),
+        (
+            f"arn:aws-cn:sts::{ACCOUNT}:assumed-role/r@x.y/s",
+            f"arn:aws-cn:iam::{ACCOUNT}:role/r@x.y",
+            "aws:role=r@x.y",
+        ),
+        (
+            f"arn:aws:sts::{ACCOUNT}:federated-user/bob",
+            f"arn:aws:sts::{ACCOUNT}:federated-user/bob",
+            "aws:federated-user=bob",
+        ),
         (f"arn:aws:iam::{ACCOUNT}:root", f"arn:aws:iam::{ACCOUNT}:root", ""),
     ],
 )
@@ -504,10 +550,12 @@ def test_the_replayed_request_is_exactly_the_signed_one() -> None:
         (503, _error("ServiceUnavailable"), "sts-unavailable"),
         (302, b"", "sts-unavailable"),
         # moto routes a bare presigned GET to S3: a 200 that is not GetCallerIdentity
-        (200, b'<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>',
-         "sts-unavailable"),
-        (200, b"<!DOCTYPE x [<!ENTITY a 'b'>]>" + _xml("arn:aws:iam::1:user/a"),
-         "sts-unavailable"),
+        (
+            200,
+            b'<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>',
+            "sts-unavailable",
+        ),
+        (200, b"<!DOCTYPE x [<!ENTITY a 'b'>]>" + _xml("arn:aws:iam::1:user/a"), "sts-unavailable"),
         (200, b'{"GetCallerIdentityResponse": {}}', "sts-unavailable"),
         (200, _xml(f"arn:aws:iam::{ACCOUNT}:user/alice") * 2, "sts-unavailable"),
         (200, b"<a>" * 70_000, "sts-unavailable"),  # over the answer size limit
@@ -527,13 +575,17 @@ def test_network_errors_fail_closed() -> None:
         raise httpx.ConnectTimeout("timed out", request=request)
 
     assert _code(lambda: _verifier(down).verify_token(_token(_presigned_url()), NOW)) == (
-        "sts-unavailable")
+        "sts-unavailable"
+    )
 
 
 def test_parse_caller_identity() -> None:
     caller = parse_caller_identity(_xml(f"arn:aws:iam::{ACCOUNT}:user/alice", user_id="AIDA1"))
     assert (caller.arn, caller.account, caller.user_id) == (
-        f"arn:aws:iam::{ACCOUNT}:user/alice", ACCOUNT, "AIDA1")
+        f"arn:aws:iam::{ACCOUNT}:user/alice",
+        ACCOUNT,
+        "AIDA1",
+    )
 
 
 # --------------------------------------------------------------------------- moto on loopback
@@ -628,14 +680,21 @@ class MotoServer:
         pytest.importorskip("moto.server", reason="needs moto[server] (pip install 'moto[server]')")
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        argv = ["-c", _SHIM, str(self.port)] if shim else [
-            "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        env = {k: v for k, v in os.environ.items()
-               if not k.upper().endswith("_PROXY") and not k.startswith(("AWS_", "MOTO_"))}
+        argv = (
+            ["-c", _SHIM, str(self.port)]
+            if shim
+            else ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.upper().endswith("_PROXY") and not k.startswith(("AWS_", "MOTO_"))
+        }
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, *argv], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            [sys.executable, *argv], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self._http = httpx.Client(transport=httpx.HTTPTransport(), timeout=5.0)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -673,10 +732,14 @@ class MotoServer:
         from botocore.config import Config  # type: ignore[import-untyped]
 
         session = boto3.session.Session(
-            aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
-            aws_session_token=creds.token, region_name="us-east-1")
-        return session.client(service, endpoint_url=self.base,
-                              config=Config(retries={"max_attempts": 1}))
+            aws_access_key_id=creds.access_key,
+            aws_secret_access_key=creds.secret_key,
+            aws_session_token=creds.token,
+            region_name="us-east-1",
+        )
+        return session.client(
+            service, endpoint_url=self.base, config=Config(retries={"max_attempts": 1})
+        )
 
     def create_user(self, name: str) -> Creds:
         iam = self.client("iam", Creds("AKIASETUPSETUPSETUP0", "setup"))
@@ -685,8 +748,12 @@ class MotoServer:
         return Creds(key["AccessKeyId"], key["SecretAccessKey"])
 
     def verifier(self, **kw: Any) -> AwsVerifier:
-        config = AwsConfig(sts_endpoints=(STS,), audience=CLUSTER,
-                           connect_to={"sts.amazonaws.com": self.base}, **kw)
+        config = AwsConfig(
+            sts_endpoints=(STS,),
+            audience=CLUSTER,
+            connect_to={"sts.amazonaws.com": self.base},
+            **kw,
+        )
         return AwsVerifier(config, transport=httpx.HTTPTransport())
 
 
@@ -719,46 +786,71 @@ def aws(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pri
         alice = moto.create_user("alice")
         iam = moto.client("iam", alice)
         role_arn = iam.create_role(
-            RoleName="ci-deploy", Path="/teams/",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Action": "sts:AssumeRole",
-                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/alice"}}]}),
+            RoleName="ci-deploy",
+            Path="/teams/",
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": "sts:AssumeRole",
+                            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/alice"},
+                        }
+                    ],
+                }
+            ),
         )["Role"]["Arn"]
         iam.put_user_policy(
-            UserName="alice", PolicyName="assume-ci-deploy",
-            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}]}))
+            UserName="alice",
+            PolicyName="assume-ci-deploy",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}
+                    ],
+                }
+            ),
+        )
         moto.enforce_auth(True)
         # From here on moto checks every signature; this AssumeRole is alice's, signed.
         got = moto.client("sts", alice).assume_role(
-            RoleArn=role_arn, RoleSessionName="pipeline-42")["Credentials"]
+            RoleArn=role_arn, RoleSessionName="pipeline-42"
+        )["Credentials"]
         role = Creds(got["AccessKeyId"], got["SecretAccessKey"], got["SessionToken"])
         yield Principals(moto, alice, role)
     finally:
         moto.stop()
 
 
-def presign(creds: Creds, cluster: str = CLUSTER, *, base: str = f"{STS}/",
-            region: str = "us-east-1") -> str:
+def presign(
+    creds: Creds, cluster: str = CLUSTER, *, base: str = f"{STS}/", region: str = "us-east-1"
+) -> str:
     """An aws-iam-authenticator token, made as its `GetWithSTS` does: a presigned
     GetCallerIdentity GET, 60 s X-Amz-Expires, the x-k8s-aws-id header signed."""
     from botocore.auth import SigV4QueryAuth  # type: ignore[import-untyped]
     from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 
-    request = AWSRequest(method="GET", url=f"{base}?Action=GetCallerIdentity&Version=2011-06-15",
-                         headers={"x-k8s-aws-id": cluster})
+    request = AWSRequest(
+        method="GET",
+        url=f"{base}?Action=GetCallerIdentity&Version=2011-06-15",
+        headers={"x-k8s-aws-id": cluster},
+    )
     SigV4QueryAuth(creds.botocore(), "sts", region, expires=60).add_auth(request)
     return _token(request.url)
 
 
-def vault_login(creds: Creds, *, body: str = GCI_BODY,
-                headers: Mapping[str, str] | None = None) -> dict[str, str]:
+def vault_login(
+    creds: Creds, *, body: str = GCI_BODY, headers: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Vault aws-auth login data, made as hvac / `vault login -method=aws` do."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
-    request = AWSRequest(method="POST", url=f"{STS}/", data=body,
-                         headers={"Content-Type": FORM, **(headers or {})})
+    request = AWSRequest(
+        method="POST", url=f"{STS}/", data=body, headers={"Content-Type": FORM, **(headers or {})}
+    )
     SigV4Auth(creds.botocore(), "sts", "us-east-1").add_auth(request)
     return {
         "iam_http_request_method": "POST",
@@ -768,11 +860,16 @@ def vault_login(creds: Creds, *, body: str = GCI_BODY,
     }
 
 
-USER_LABELS = Labels.from_strings([
-    f"aws:account={ACCOUNT}", "aws:user=alice", f"aws:arn=arn:aws:iam::{ACCOUNT}:user/alice"])
-ROLE_LABELS = Labels.from_strings([
-    f"aws:account={ACCOUNT}", "aws:role=ci-deploy",
-    f"aws:arn=arn:aws:iam::{ACCOUNT}:role/ci-deploy"])
+USER_LABELS = Labels.from_strings(
+    [f"aws:account={ACCOUNT}", "aws:user=alice", f"aws:arn=arn:aws:iam::{ACCOUNT}:user/alice"]
+)
+ROLE_LABELS = Labels.from_strings(
+    [
+        f"aws:account={ACCOUNT}",
+        "aws:role=ci-deploy",
+        f"aws:arn=arn:aws:iam::{ACCOUNT}:role/ci-deploy",
+    ]
+)
 
 
 def test_presigned_token_of_an_iam_user(aws: Principals) -> None:
@@ -783,7 +880,10 @@ def test_presigned_token_of_an_iam_user(aws: Principals) -> None:
     assert identity.subject == f"arn:aws:iam::{ACCOUNT}:user/alice"
     assert identity.labels == USER_LABELS
     assert (identity.kind, identity.issuer, identity.token_id) == (
-        "aws", "aws", credential_hash(token))
+        "aws",
+        "aws",
+        credential_hash(token),
+    )
     signed_at = parse_authenticator_token(token, verifier.config, now).signed_at
     assert identity.expires_at == signed_at + 900 and now - 5 < signed_at <= now
     assert identity.claims["arn"] == f"arn:aws:iam::{ACCOUNT}:user/alice"
@@ -794,16 +894,20 @@ def test_presigned_token_of_an_assumed_role_made_by_boto3(aws: Principals) -> No
     import boto3
 
     session = boto3.session.Session(
-        aws_access_key_id=aws.role.access_key, aws_secret_access_key=aws.role.secret_key,
-        aws_session_token=aws.role.token, region_name="us-east-1")
+        aws_access_key_id=aws.role.access_key,
+        aws_secret_access_key=aws.role.secret_key,
+        aws_session_token=aws.role.token,
+        region_name="us-east-1",
+    )
     sts = session.client("sts", endpoint_url=STS)  # presigning only: no request is sent
 
     def add_cluster_id(request: Any, **_: Any) -> None:
         request.headers["x-k8s-aws-id"] = CLUSTER
 
     sts.meta.events.register("before-sign.sts.GetCallerIdentity", add_cluster_id)
-    url = sts.generate_presigned_url("get_caller_identity", Params={}, ExpiresIn=60,
-                                     HttpMethod="GET")
+    url = sts.generate_presigned_url(
+        "get_caller_identity", Params={}, ExpiresIn=60, HttpMethod="GET"
+    )
     assert "X-Amz-Security-Token=" in url and "x-k8s-aws-id" in url
     with aws.moto.verifier() as verifier:
         identity = verifier.verify_token(_token(url), time.time())
@@ -849,7 +953,8 @@ def test_a_session_token_cannot_be_dropped(aws: Principals) -> None:
     stripped = "&".join(p for p in url.split("&") if not p.startswith("X-Amz-Security-Token="))
     with aws.moto.verifier() as verifier:
         assert _code(lambda: verifier.verify_token(_token(stripped), time.time())) == (
-            "sts-rejected")
+            "sts-rejected"
+        )
 
 
 def test_real_tokens_are_refused_locally_when_they_must_be(aws: Principals) -> None:
@@ -857,13 +962,23 @@ def test_real_tokens_are_refused_locally_when_they_must_be(aws: Principals) -> N
     id, another action, too old."""
     now = time.time()
     with AwsVerifier(AwsConfig(audience=CLUSTER), transport=httpx.MockTransport(_no_sts)) as v:
-        assert _code(lambda: v.verify_token(
-            presign(aws.alice, base="https://sts.eu-west-1.amazonaws.com/",
-                    region="eu-west-1"), now)) == "sts-host-not-allowed"
+        assert (
+            _code(
+                lambda: v.verify_token(
+                    presign(
+                        aws.alice, base="https://sts.eu-west-1.amazonaws.com/", region="eu-west-1"
+                    ),
+                    now,
+                )
+            )
+            == "sts-host-not-allowed"
+        )
         assert _code(lambda: v.verify_token(presign(aws.alice), now + 3600)) == "expired"
-        assert _code(lambda: v.verify_signed_request(
-            vault_login(aws.alice, body="Action=GetSessionToken&Version=2011-06-15"), now)) == (
-            "sts-action-not-allowed")
+        assert _code(
+            lambda: v.verify_signed_request(
+                vault_login(aws.alice, body="Action=GetSessionToken&Version=2011-06-15"), now
+            )
+        ) == ("sts-action-not-allowed")
 
         from botocore.auth import SigV4QueryAuth
         from botocore.awsrequest import AWSRequest
@@ -887,8 +1002,10 @@ def test_stock_moto_routes_presigned_get_to_s3_and_then_goes_down(
         token = presign(bob)
         url = _untoken(token)
         with httpx.Client(transport=httpx.HTTPTransport()) as http:
-            raw = http.get(moto.base + "/" + url.split("/", 3)[3],
-                           headers={"Host": "sts.amazonaws.com", "x-k8s-aws-id": CLUSTER})
+            raw = http.get(
+                moto.base + "/" + url.split("/", 3)[3],
+                headers={"Host": "sts.amazonaws.com", "x-k8s-aws-id": CLUSTER},
+            )
         assert raw.status_code == 200 and b"<ListAllMyBucketsResult" in raw.content  # S3
         with moto.verifier() as verifier:
             assert _code(lambda: verifier.verify_token(token, time.time())) == "sts-unavailable"
@@ -899,6 +1016,7 @@ def test_stock_moto_routes_presigned_get_to_s3_and_then_goes_down(
             assert identity.labels.get("aws", "user") == "bob"
             moto.stop()
             assert _code(lambda: verifier.verify_signed_request(login, time.time())) == (
-                "sts-unavailable")
+                "sts-unavailable"
+            )
     finally:
         moto.stop()

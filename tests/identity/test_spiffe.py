@@ -43,14 +43,26 @@ SPIFFE_ID = "spiffe://corp.example/ns/payments/sa/api"
 DAY = timedelta(days=1)
 
 LEAF_KU = x509.KeyUsage(
-    digital_signature=True, content_commitment=False, key_encipherment=False,
-    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-    encipher_only=False, decipher_only=False,
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
 )
 CA_KU = x509.KeyUsage(
-    digital_signature=False, content_commitment=False, key_encipherment=False,
-    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-    encipher_only=False, decipher_only=False,
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
 )
 _UNSET: Any = object()
 
@@ -119,8 +131,9 @@ class PKI:
     ed_key: ed25519.Ed25519PrivateKey
     bundles: dict[str, TrustBundle]
 
-    def leaf(self, *, via: str = "inter", uris: Sequence[str] = (SPIFFE_ID,),
-             **kw: Any) -> x509.Certificate:
+    def leaf(
+        self, *, via: str = "inter", uris: Sequence[str] = (SPIFFE_ID,), **kw: Any
+    ) -> x509.Certificate:
         """A leaf SVID issued by corp's intermediate (`via="inter"`) or root (`via="root"`)."""
         signer, issuer = {
             "inter": (self.inter_key, "corp intermediate"),
@@ -136,17 +149,43 @@ def pki() -> PKI:
     inter_key = ec.generate_private_key(ec.SECP256R1())
     other_key = ec.generate_private_key(ec.SECP256R1())
     start, end = NOW - 365 * DAY, NOW + 365 * DAY
-    root = make_cert(root_key, root_key, subject="corp root", issuer="corp root", ca=True,
-                     uris=["spiffe://corp.example"], not_before=start, not_after=end)
-    inter = make_cert(inter_key, root_key, subject="corp intermediate", issuer="corp root",
-                      ca=True, uris=["spiffe://corp.example"], not_before=NOW - 30 * DAY,
-                      not_after=NOW + 30 * DAY)
-    other_root = make_cert(other_key, other_key, subject="other root", issuer="other root",
-                           ca=True, uris=["spiffe://other.example"], not_before=start,
-                           not_after=end)
+    root = make_cert(
+        root_key,
+        root_key,
+        subject="corp root",
+        issuer="corp root",
+        ca=True,
+        uris=["spiffe://corp.example"],
+        not_before=start,
+        not_after=end,
+    )
+    inter = make_cert(
+        inter_key,
+        root_key,
+        subject="corp intermediate",
+        issuer="corp root",
+        ca=True,
+        uris=["spiffe://corp.example"],
+        not_before=NOW - 30 * DAY,
+        not_after=NOW + 30 * DAY,
+    )
+    other_root = make_cert(
+        other_key,
+        other_key,
+        subject="other root",
+        issuer="other root",
+        ca=True,
+        uris=["spiffe://other.example"],
+        not_before=start,
+        not_after=end,
+    )
     return PKI(
-        root_key=root_key, root=root, inter_key=inter_key, inter=inter,
-        other_root_key=other_key, other_root=other_root,
+        root_key=root_key,
+        root=root,
+        inter_key=inter_key,
+        inter=inter,
+        other_root_key=other_key,
+        other_root=other_root,
         leaf_key=ec.generate_private_key(ec.SECP256R1()),
         rsa_key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
         ed_key=ed25519.Ed25519PrivateKey.generate(),
@@ -161,8 +200,12 @@ def reject(code: str, fn: Callable[[], object]) -> CredentialError:
     return info.value
 
 
-def x509_reject(pki: PKI, code: str, chain: Sequence[x509.Certificate],
-                bundles: dict[str, TrustBundle] | None = None) -> CredentialError:
+def x509_reject(
+    pki: PKI,
+    code: str,
+    chain: Sequence[x509.Certificate],
+    bundles: dict[str, TrustBundle] | None = None,
+) -> CredentialError:
     return reject(code, lambda: verify_x509_svid(chain, bundles or pki.bundles, NOW))
 
 
@@ -199,8 +242,9 @@ def test_chain_may_include_the_root(pki: PKI) -> None:
 
 def test_intermediates_in_any_order(pki: PKI) -> None:
     key2 = ec.generate_private_key(ec.SECP256R1())
-    inter2 = make_cert(key2, pki.inter_key, subject="corp issuing", issuer="corp intermediate",
-                       ca=True)
+    inter2 = make_cert(
+        key2, pki.inter_key, subject="corp issuing", issuer="corp intermediate", ca=True
+    )
     leaf = make_cert(pki.leaf_key, key2, issuer="corp issuing", uris=[SPIFFE_ID])
     assert verify_x509_svid([leaf, pki.inter, inter2], pki.bundles, NOW).subject == SPIFFE_ID
 
@@ -242,20 +286,41 @@ def test_not_yet_valid_leaf(pki: PKI) -> None:
 
 
 def test_expired_intermediate(pki: PKI) -> None:
-    inter = make_cert(pki.inter_key, pki.root_key, subject="corp intermediate",
-                      issuer="corp root", ca=True, not_before=NOW - 30 * DAY, not_after=NOW - DAY)
+    inter = make_cert(
+        pki.inter_key,
+        pki.root_key,
+        subject="corp intermediate",
+        issuer="corp root",
+        ca=True,
+        not_before=NOW - 30 * DAY,
+        not_after=NOW - DAY,
+    )
     x509_reject(pki, "expired", [pki.leaf(), inter])
 
 
 def test_expired_root(pki: PKI) -> None:
-    root = make_cert(pki.root_key, pki.root_key, subject="corp root", issuer="corp root",
-                     ca=True, not_before=NOW - 30 * DAY, not_after=NOW - DAY)
+    root = make_cert(
+        pki.root_key,
+        pki.root_key,
+        subject="corp root",
+        issuer="corp root",
+        ca=True,
+        not_before=NOW - 30 * DAY,
+        not_after=NOW - DAY,
+    )
     x509_reject(pki, "expired", [pki.leaf(via="root")], {TD: TrustBundle(TD, (root,))})
 
 
 def test_rotated_root_with_same_name_picks_the_valid_one(pki: PKI) -> None:
-    old = make_cert(pki.root_key, pki.root_key, subject="corp root", issuer="corp root",
-                    ca=True, not_before=NOW - 30 * DAY, not_after=NOW - DAY)
+    old = make_cert(
+        pki.root_key,
+        pki.root_key,
+        subject="corp root",
+        issuer="corp root",
+        ca=True,
+        not_before=NOW - 30 * DAY,
+        not_after=NOW - DAY,
+    )
     bundles = {TD: TrustBundle(TD, (old, pki.root))}
     assert verify_x509_svid([pki.leaf(via="root")], bundles, NOW).subject == SPIFFE_ID
 
@@ -310,40 +375,66 @@ def test_leaf_re_signed_with_forged_issuer_name(pki: PKI) -> None:
 
 
 def test_intermediate_without_ca_flag(pki: PKI) -> None:
-    inter = make_cert(pki.inter_key, pki.root_key, subject="corp intermediate",
-                      issuer="corp root", ca=False, key_usage=CA_KU)
+    inter = make_cert(
+        pki.inter_key,
+        pki.root_key,
+        subject="corp intermediate",
+        issuer="corp root",
+        ca=False,
+        key_usage=CA_KU,
+    )
     err = x509_reject(pki, "untrusted-chain", [pki.leaf(), inter])
     assert "not a CA" in err.message
 
 
 def test_intermediate_without_basic_constraints(pki: PKI) -> None:
-    inter = make_cert(pki.inter_key, pki.root_key, subject="corp intermediate",
-                      issuer="corp root", ca=None, key_usage=CA_KU)
+    inter = make_cert(
+        pki.inter_key,
+        pki.root_key,
+        subject="corp intermediate",
+        issuer="corp root",
+        ca=None,
+        key_usage=CA_KU,
+    )
     x509_reject(pki, "untrusted-chain", [pki.leaf(), inter])
 
 
 def test_intermediate_without_key_cert_sign(pki: PKI) -> None:
-    inter = make_cert(pki.inter_key, pki.root_key, subject="corp intermediate",
-                      issuer="corp root", ca=True, key_usage=LEAF_KU)
+    inter = make_cert(
+        pki.inter_key,
+        pki.root_key,
+        subject="corp intermediate",
+        issuer="corp root",
+        ca=True,
+        key_usage=LEAF_KU,
+    )
     x509_reject(pki, "untrusted-chain", [pki.leaf(), inter])
 
 
 def test_root_path_length_zero_forbids_intermediates(pki: PKI) -> None:
-    root = make_cert(pki.root_key, pki.root_key, subject="corp root", issuer="corp root",
-                     ca=True, path_length=0)
+    root = make_cert(
+        pki.root_key, pki.root_key, subject="corp root", issuer="corp root", ca=True, path_length=0
+    )
     x509_reject(pki, "untrusted-chain", [pki.leaf(), pki.inter], {TD: TrustBundle(TD, (root,))})
     # ...but a leaf straight from that root is fine.
     assert verify_x509_svid([pki.leaf(via="root")], {TD: TrustBundle(TD, (root,))}, NOW)
 
 
-def _constrained_inter(pki: PKI, permitted: str | None = None,
-                       excluded: str | None = None) -> x509.Certificate:
+def _constrained_inter(
+    pki: PKI, permitted: str | None = None, excluded: str | None = None
+) -> x509.Certificate:
     nc = x509.NameConstraints(
         permitted_subtrees=[x509.UniformResourceIdentifier(permitted)] if permitted else None,
         excluded_subtrees=[x509.UniformResourceIdentifier(excluded)] if excluded else None,
     )
-    return make_cert(pki.inter_key, pki.root_key, subject="corp intermediate",
-                     issuer="corp root", ca=True, extra=[(nc, True)])
+    return make_cert(
+        pki.inter_key,
+        pki.root_key,
+        subject="corp intermediate",
+        issuer="corp root",
+        ca=True,
+        extra=[(nc, True)],
+    )
 
 
 def test_uri_name_constraints(pki: PKI) -> None:
@@ -419,7 +510,9 @@ def test_parse_spiffe_id_accepts() -> None:
     sid = parse_spiffe_id("spiffe://k8s-west_1.example/ns/staging/sa/default-Svc.v2")
     assert sid.trust_domain == "k8s-west_1.example"
     assert sid.path == "/ns/staging/sa/default-Svc.v2"
-    assert str(parse_spiffe_id("spiffe://corp.example", require_path=False)) == "spiffe://corp.example"
+    assert (
+        str(parse_spiffe_id("spiffe://corp.example", require_path=False)) == "spiffe://corp.example"
+    )
     reject("svid-no-spiffe-id", lambda: parse_spiffe_id("corp.example/ns/x"))
 
 
@@ -432,18 +525,33 @@ def test_leaf_is_ca(pki: PKI) -> None:
 
 def _ku(**on: bool) -> x509.KeyUsage:
     fields = dict.fromkeys(
-        ["digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-         "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"], False)
+        [
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ],
+        False,
+    )
     fields.update(on)
     return x509.KeyUsage(**fields)
 
 
-@pytest.mark.parametrize("ku", [
-    _ku(digital_signature=True, key_cert_sign=True),
-    _ku(digital_signature=True, crl_sign=True),
-    _ku(key_encipherment=True),
-    None,
-], ids=["keyCertSign", "cRLSign", "no-digitalSignature", "no-keyUsage"])
+@pytest.mark.parametrize(
+    "ku",
+    [
+        _ku(digital_signature=True, key_cert_sign=True),
+        _ku(digital_signature=True, crl_sign=True),
+        _ku(key_encipherment=True),
+        None,
+    ],
+    ids=["keyCertSign", "cRLSign", "no-digitalSignature", "no-keyUsage"],
+)
 def test_leaf_bad_key_usage(pki: PKI, ku: x509.KeyUsage | None) -> None:
     x509_reject(pki, "svid-bad-key-usage", [pki.leaf(key_usage=ku), pki.inter])
 
@@ -484,8 +592,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def make_jwt(key: PrivateKey, claims: dict[str, Any], *, alg: str = "ES256",
-             kid: str | None = None, typ: str | None = "JWT") -> str:
+def make_jwt(
+    key: PrivateKey,
+    claims: dict[str, Any],
+    *,
+    alg: str = "ES256",
+    kid: str | None = None,
+    typ: str | None = "JWT",
+) -> str:
     head: dict[str, Any] = {"alg": alg}
     if typ is not None:
         head["typ"] = typ
@@ -516,8 +630,10 @@ def _claims(**over: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def jwks(pki: PKI) -> dict[str, list[VerificationKey]]:
     return {
-        TD: [VerificationKey("corp-ec", pki.root_key.public_key()),
-             VerificationKey("corp-rsa", pki.rsa_key.public_key())],
+        TD: [
+            VerificationKey("corp-ec", pki.root_key.public_key()),
+            VerificationKey("corp-rsa", pki.rsa_key.public_key()),
+        ],
         OTHER: [VerificationKey("other-ec", pki.other_root_key.public_key())],
     }
 
@@ -547,8 +663,9 @@ def test_jwt_svid_rs256_with_iss_and_jti(pki: PKI, jwks: dict[str, list[Verifica
     assert ident.token_id == "abc-123"
 
 
-def test_jwt_svid_typ_may_be_absent_or_jose(pki: PKI,
-                                            jwks: dict[str, list[VerificationKey]]) -> None:
+def test_jwt_svid_typ_may_be_absent_or_jose(
+    pki: PKI, jwks: dict[str, list[VerificationKey]]
+) -> None:
     for typ in ("JOSE", None):
         token = make_jwt(pki.root_key, _claims(), typ=typ)
         assert verify_jwt_svid(token, jwks, [AUD], T).subject == SPIFFE_ID
@@ -577,8 +694,9 @@ def test_jwt_svid_unknown_trust_domain(pki: PKI, jwks: dict[str, list[Verificati
 
 
 @pytest.mark.parametrize("sub", ["alice", "https://corp.example/ns/payments", 42, None])
-def test_jwt_svid_sub_not_a_spiffe_id(pki: PKI, jwks: dict[str, list[VerificationKey]],
-                                      sub: Any) -> None:
+def test_jwt_svid_sub_not_a_spiffe_id(
+    pki: PKI, jwks: dict[str, list[VerificationKey]], sub: Any
+) -> None:
     jwt_reject(jwks, "svid-no-spiffe-id", make_jwt(pki.root_key, _claims(sub=sub)))
 
 
@@ -587,8 +705,9 @@ def test_jwt_svid_sub_invalid_spiffe_id(pki: PKI, jwks: dict[str, list[Verificat
     jwt_reject(jwks, "svid-invalid-id", token)
 
 
-def test_jwt_svid_signed_by_other_domains_key(pki: PKI,
-                                              jwks: dict[str, list[VerificationKey]]) -> None:
+def test_jwt_svid_signed_by_other_domains_key(
+    pki: PKI, jwks: dict[str, list[VerificationKey]]
+) -> None:
     jwt_reject(jwks, "bad-signature", make_jwt(pki.other_root_key, _claims()))
     # Naming the other domain's kid does not make corp.example use that key.
     jwt_reject(jwks, "unknown-kid", make_jwt(pki.other_root_key, _claims(), kid="other-ec"))

@@ -444,6 +444,13 @@ def test_response_refuses_header_injection(headers: dict[str, str]) -> None:
         http_response(400, headers=headers)
 
 
+def test_response_own_phrase_and_no_injection_through_it() -> None:
+    assert http_response(200, phrase="Granted") == b"HTTP/1.1 200 Granted\r\n\r\n"
+    for bad in ("", "OK\r\nSet-Cookie: x", "a\nb", "a\x00b"):
+        with pytest.raises(ValueError):
+            http_response(200, phrase=bad)
+
+
 @pytest.mark.parametrize("status", [0, 99, 600, -1])
 def test_response_status_range(status: int) -> None:
     with pytest.raises(ValueError):

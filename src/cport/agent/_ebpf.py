@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cport.agent._decide import Attempt
+from cport.agent._decide import Attempt, Outcome
 from cport.agent._flows import FlowRecord
 from cport.config import HostPort
 from cport.engine import Endpoint, RuleRef, Table, resolve_endpoint
 from cport.errors import CportError
 from cport.identity import VerifiedIdentity
-from cport.model import Mode
-from cport.proxy import ConnectRequest, http_response
+from cport.model import Mode, Workload
+from cport.proxy import http_response
 
 if TYPE_CHECKING:
     from cport.agent._agent import Agent
@@ -411,74 +411,43 @@ class EbpfEnforcer:
         }
 
 
+def direct_target(agent: Agent, mode: str, w: Workload, port: int) -> HostPort:
+    """Where a ``Cport-Grant`` request's client will connect directly: the workload's own
+    address (never a configured upstream). Refuses a mode other than ``direct``, an agent
+    without the eBPF datapath and a workload without an address, before any decision."""
+    from cport.agent._gateway import Refused
+
+    mode = mode.strip().lower()
+    if mode != "direct":
+        raise Refused(400, "bad-grant-mode", f"Cport-Grant {mode!r}: the one mode is 'direct'")
+    if agent.ebpf is None:
+        raise Refused(
+            409,
+            "no-kernel-enforcer",
+            "direct grants open ports in the eBPF datapath; this agent runs without one "
+            "(cport up --datapath ebpf)",
+        )
+    if not w.addresses:
+        raise Refused(409, "no-workload-address", f"{w.ref} has no address to connect to")
+    return HostPort(w.addresses[0], port)
+
+
 async def serve_grant(
-    gateway: Gateway,
-    conn: socket.socket,
-    req: ConnectRequest,
-    cred: VerifiedIdentity,
-    peer: str,
-    client: tuple[str, int],
+    gateway: Gateway, conn: socket.socket, attempt: Attempt, outcome: Outcome, direct: HostPort
 ) -> None:
-    """The gateway's ``CONNECT workload.ns:port`` with ``Cport-Grant: direct`` (`cport
-    connect --grant`): decide the attempt as a tunnel's (audited the same way); if allowed,
-    grant the client's source address for the credential's identity in the kernel
+    """The rest of an allowed ``CONNECT workload.ns:port`` with ``Cport-Grant: direct``
+    (`cport connect --grant`), decided and audited by the gateway like a tunnel: grant the
+    client's source address for the credential's identity in the kernel
     (:meth:`EbpfEnforcer.grant`) and answer ``200 Granted`` — ``Cport-Identity``,
     ``Cport-Address``, ``Cport-Expires-At`` and a JSON body naming the address to connect to
     directly — then close: no tunnel. The attempt's close event says ``granted``, or the
     code that refused the grant."""
-    from cport.agent._gateway import Refused, _workload_id
-
-    agent = gateway.agent
+    ebpf = gateway.agent.ebpf
+    cred = attempt.credential
+    assert ebpf is not None and cred is not None  # direct_target and the gateway saw to both
     loop = asyncio.get_running_loop()
-    identity = 0
-    workload = req.host
     try:
-        mode = req.headers.get("cport-grant", "").strip().lower()
-        if mode != "direct":
-            raise Refused(400, "bad-grant-mode", f"Cport-Grant {mode!r}: the one mode is 'direct'")
-        ebpf = agent.ebpf
-        if ebpf is None:
-            raise Refused(
-                409,
-                "no-kernel-enforcer",
-                "direct grants open ports in the eBPF datapath; this agent runs without one "
-                "(cport up --datapath ebpf)",
-            )
-        w, _ = gateway._target(req.host, req.port)
-        workload = w.ref
-        if not w.addresses:
-            raise Refused(409, "no-workload-address", f"{w.ref} has no address to connect to")
-        direct = HostPort(w.addresses[0], req.port)
-        identity, table = await agent.identity_for(cred.labels)
-        rev = agent.revocations.match(cred, identity, time.time())
-        if rev is not None:
-            raise Refused(403, "revoked", f"revoked ({rev.kind} {rev.value})", revocation=rev.id)
-        attempt = Attempt(
-            identity, cred.labels, peer, cred, w, _workload_id(table, w), req.port, client
-        )
-    except Refused as exc:
-        gateway._refused_record(client, exc, peer, identity, workload, req.port, cred)
-        body: dict[str, object] = {"reason": exc.code, "message": exc.message, **exc.extra}
-        await loop.sock_sendall(
-            conn, http_response(exc.status, body=body, headers={"Cport-Reason": exc.code})
-        )
-        return
-    outcome = gateway._decide(attempt)
-    if not outcome.allowed:
-        reason = outcome.decision.reason.value
-        denial: dict[str, object] = {
-            "verdict": outcome.decision.verdict.value,
-            "reason": reason,
-            "explanationId": outcome.explanation_id,
-            "message": f"{peer} may not reach {w.ref}:{req.port}",
-            "policies": list(outcome.policy_names),
-            "explain": f"cport explain --id {outcome.explanation_id}",
-        }
-        headers = {"Cport-Reason": reason, "Cport-Explanation": outcome.explanation_id}
-        await loop.sock_sendall(conn, http_response(403, body=denial, headers=headers))
-        return
-    try:
-        g = await ebpf.grant(cred, client[0])
+        g = await ebpf.grant(cred, attempt.client[0])
     except CportError as exc:
         # Allowed, then not granted: the attempt's record is its close event.
         gateway._record_close(attempt, outcome, direct, exc.code)
@@ -496,7 +465,7 @@ async def serve_grant(
     expires = cred.expires_at
     doc = {
         **g.to_json(),
-        "target": f"{w.ref}:{req.port}",
+        "target": f"{attempt.workload.ref}:{attempt.port}",
         "connectTo": str(direct),
         "expiresAtIso": _iso(expires),
     }
@@ -510,10 +479,9 @@ async def serve_grant(
             "Cport-Expires-At": f"{expires:.0f}",
             "Connection": "close",
         },
+        phrase="Granted",
     )
-    status_line = b"HTTP/1.1 200 OK\r\n"
-    assert response.startswith(status_line)
-    await loop.sock_sendall(conn, b"HTTP/1.1 200 Granted\r\n" + response[len(status_line) :])
+    await loop.sock_sendall(conn, response)
 
 
 def _iso(t: float) -> str:

@@ -523,21 +523,22 @@ class Gateway(_Front):
             if refresh is not None:
                 await self._refresh(conn, refresh, cred)
                 return None
-            if "cport-grant" in req.headers:  # `cport connect --grant`: no tunnel
-                from cport.agent._ebpf import serve_grant
-
-                await serve_grant(self, conn, req, cred, peer, client)
-                return None
+            grant = req.headers.get("cport-grant")  # `cport connect --grant`: no tunnel
             w, up_addr = self._target(req.host, req.port)
             workload = w.ref
+            if grant is not None:
+                from cport.agent._ebpf import direct_target
+
+                up_addr = direct_target(agent, grant, w, req.port)
             identity, table = await agent.identity_for(cred.labels)
             rev = agent.revocations.match(cred, identity, time.time())
             if rev is not None:
                 raise Refused(
                     403, "revoked", f"revoked ({rev.kind} {rev.value})", revocation=rev.id
                 )
-            self._caps(identity)
-            reserved = identity
+            if grant is None:  # a grant holds no connection: no slot to take
+                self._caps(identity)
+                reserved = identity
             attempt = Attempt(
                 identity, cred.labels, peer, cred, w, _workload_id(table, w), req.port, client
             )
@@ -562,6 +563,11 @@ class Gateway(_Front):
                         },
                     ),
                 )
+                return None
+            if grant is not None:
+                from cport.agent._ebpf import serve_grant
+
+                await serve_grant(self, conn, attempt, outcome, up_addr)
                 return None
             try:
                 upstream = await open_upstream(up_addr, self.limits.connect_timeout)

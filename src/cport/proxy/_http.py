@@ -322,8 +322,10 @@ def http_response(
     *,
     body: Mapping[str, object] | None = None,
     headers: Mapping[str, str] = _NO_HEADERS,
+    phrase: str | None = None,
 ) -> bytes:
-    """An HTTP/1.1 response: status line with the standard reason phrase, ``headers``, then
+    """An HTTP/1.1 response: status line with the standard reason phrase (or `phrase`),
+    ``headers``, then
     a JSON ``body`` with ``Content-Type: application/json`` and ``Content-Length``.
 
     A 2xx without a body has no framing headers at all (RFC 9110 §9.3.6 forbids them on a
@@ -334,10 +336,13 @@ def http_response(
     """
     if not 100 <= status <= 599:
         raise ValueError(f"HTTP status {status} out of range")
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+    elif not phrase or _BAD_VALUE_CHAR.search(phrase.encode("latin-1", "replace")):
+        raise ValueError(f"bad reason phrase {phrase!r}")
     out: list[tuple[str, str]] = []
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name.encode("latin-1", "replace")):

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +17,11 @@ import httpx
 import pytest
 
 from cport.ebpf import BpfDatapath
-from tests.agent.harness import Issuer, wait_for
+from tests.agent.harness import CPORT, Issuer, wait_for
 from tests.ebpf.netns import Topology, in_netns
 
 pytestmark = pytest.mark.privileged
 
-CPORT = str(Path(sys.executable).parent / "cport")
 API, OUTSIDE, DB = "192.0.2.10", "203.0.113.5", "198.51.100.20"
 
 POLICY = """\

@@ -4,8 +4,9 @@ nothing is compiled, loaded or changed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table as RichTable
@@ -15,6 +16,8 @@ from cport.identity import RESERVED_NAMES
 
 if TYPE_CHECKING:
     from cport.ebpf import PinnedState
+
+T = TypeVar("T")
 
 _GENERATIONS = ("active", "0", "1")
 _PROTOS = {0: "*", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
@@ -41,10 +44,15 @@ def generation_option(f: Any) -> Any:
     )(f)
 
 
-def _open(pin_root: Path) -> PinnedState:
+def _read(pin_root: Path, read: Callable[[PinnedState], T]) -> T:
+    """`read` the pinned state under `pin_root`, closing it afterwards."""
     from cport.ebpf import PinnedState
 
-    return PinnedState.open(pin_root)
+    state = PinnedState.open(pin_root)
+    try:
+        return read(state)
+    finally:
+        state.close()
 
 
 def _gen(generation: str) -> int | None:
@@ -73,11 +81,7 @@ def bpf() -> None:
 @handle_errors
 def status(pin_root: Path, output: str) -> None:
     """Attachment, active policy generation and revision, counters and map fill."""
-    state = _open(pin_root)
-    try:
-        doc = state.status()
-    finally:
-        state.close()
+    doc = _read(pin_root, lambda s: s.status())
     if output == "json":
         emit_json(doc)
         return
@@ -128,11 +132,7 @@ def status(pin_root: Path, output: str) -> None:
 def policy(pin_root: Path, generation: str, identity: int | None, output: str) -> None:
     """Every policy map entry: endpoints, direction, peer, protocol, ports, verdict, the rules
     behind it and its packet and byte counters."""
-    state = _open(pin_root)
-    try:
-        entries = state.policy_entries(_gen(generation), identity=identity)
-    finally:
-        state.close()
+    entries = _read(pin_root, lambda s: s.policy_entries(_gen(generation), identity=identity))
     if output == "json":
         emit_json([e.to_json() for e in entries])
         return
@@ -168,11 +168,7 @@ def policy(pin_root: Path, generation: str, identity: int | None, output: str) -
 def ipcache(pin_root: Path, generation: str, output: str) -> None:
     """Address prefix → identity: workload addresses, CIDR identities, and addresses bound
     to a credential's identity by a grant (kind `bound`)."""
-    state = _open(pin_root)
-    try:
-        entries = state.ipcache_entries(_gen(generation))
-    finally:
-        state.close()
+    entries = _read(pin_root, lambda s: s.ipcache_entries(_gen(generation)))
     if output == "json":
         emit_json([e.to_json() for e in entries])
         return
@@ -188,11 +184,7 @@ def ipcache(pin_root: Path, generation: str, output: str) -> None:
 @handle_errors
 def grants(pin_root: Path, output: str) -> None:
     """Grants for auth-required rows: peer identity, address, expiry, live or expired."""
-    state = _open(pin_root)
-    try:
-        entries = state.grant_entries()
-    finally:
-        state.close()
+    entries = _read(pin_root, lambda s: s.grant_entries())
     if output == "json":
         emit_json([e.to_json() for e in entries])
         return

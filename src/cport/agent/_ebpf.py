@@ -442,6 +442,8 @@ async def serve_grant(
     ``Cport-Address``, ``Cport-Expires-At`` and a JSON body naming the address to connect to
     directly — then close: no tunnel. The attempt's close event says ``granted``, or the
     code that refused the grant."""
+    from cport.agent._gateway import Refused
+
     ebpf = gateway.agent.ebpf
     cred = attempt.credential
     assert ebpf is not None and cred is not None  # direct_target and the gateway saw to both
@@ -451,15 +453,8 @@ async def serve_grant(
     except CportError as exc:
         # Allowed, then not granted: the attempt's record is its close event.
         gateway._record_close(attempt, outcome, direct, exc.code)
-        status = GRANT_STATUS.get(exc.code, 403)
-        await loop.sock_sendall(
-            conn,
-            http_response(
-                status,
-                body={"reason": exc.code, "message": exc.message},
-                headers={"Cport-Reason": exc.code},
-            ),
-        )
+        refused = Refused(GRANT_STATUS.get(exc.code, 403), exc.code, exc.message)
+        await loop.sock_sendall(conn, refused.response())
         return
     gateway._record_close(attempt, outcome, direct, "granted")
     expires = cred.expires_at

@@ -57,6 +57,12 @@ class Refused(CportError):
         self.status = status
         self.extra = extra
 
+    def response(self) -> bytes:
+        """The refusal as the client sees it: the status, ``Cport-Reason`` and a JSON body
+        with the reason code, the message and any extra fields."""
+        body: dict[str, object] = {"reason": self.code, "message": self.message, **self.extra}
+        return http_response(self.status, body=body, headers={"Cport-Reason": self.code})
+
 
 def _workload_id(table: Table, w: Workload) -> int:
     """The workload's identity in `table`; a reload may have removed it since it was found."""
@@ -605,25 +611,14 @@ class Gateway(_Front):
             upstream = None
         except Refused as exc:
             self._refused_record(client, exc, peer, identity, workload, port, cred)
-            body: dict[str, object] = {"reason": exc.code, "message": exc.message, **exc.extra}
             with contextlib.suppress(OSError):
-                await loop.sock_sendall(
-                    conn, http_response(exc.status, body=body, headers={"Cport-Reason": exc.code})
-                )
+                await loop.sock_sendall(conn, exc.response())
         except CportError as exc:  # a bad credential (407), or any other refusal with its code
             status = 407 if isinstance(exc, CredentialError) else 403
-            self._refused_record(
-                client, Refused(status, exc.code, exc.message), peer, identity, workload, port
-            )
+            refused = Refused(status, exc.code, exc.message)
+            self._refused_record(client, refused, peer, identity, workload, port)
             with contextlib.suppress(OSError):
-                await loop.sock_sendall(
-                    conn,
-                    http_response(
-                        status,
-                        body={"reason": exc.code, "message": exc.message},
-                        headers={"Cport-Reason": exc.code},
-                    ),
-                )
+                await loop.sock_sendall(conn, refused.response())
         except (OSError, asyncio.CancelledError):
             pass
         except Exception:  # never let one connection take the gateway down

@@ -663,7 +663,10 @@ class Creds:
         return Credentials(self.access_key, self.secret_key, self.token)
 
     def wrong_secret(self) -> Creds:
-        return Creds(self.access_key, "x" + self.secret_key[1:], self.token)
+        # One character changed: a secret that starts with "x" already must not stay right
+        # (moto's secrets are random; that was a 1-in-32 flake of the wrong-secret test).
+        first = "y" if self.secret_key.startswith("x") else "x"
+        return Creds(self.access_key, first + self.secret_key[1:], self.token)
 
 
 def _free_port() -> int:

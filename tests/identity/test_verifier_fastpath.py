@@ -7,12 +7,21 @@ identity built slot by slot. Each is held against the plain computation it repla
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import hashlib
+import json
+import math
 from typing import Any
 
 import jwt as pyjwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
 from cport.errors import CredentialError, TokenExpired
 from cport.identity import (
@@ -27,7 +36,8 @@ from cport.identity import (
 )
 from cport.identity._claims import oidc_labels
 from cport.identity._credentials import verified_identity
-from cport.identity._jwt import signature_checks
+from cport.identity import _jwt
+from cport.identity._jwt import check_signature, signature_checks
 
 NOW = 1_900_000_000.0
 ISS = "https://idp.example.com"
@@ -108,13 +118,46 @@ CORPUS: list[dict[str, Any]] = [
 ]
 
 
+# Mappings whose label names collide (with each other, or with iss/sub) cannot be laid out
+# in canonical order up front; the memo then builds its label sets through `Labels`.
+SHARED_NAMES = dataclasses.replace(
+    OKTA,
+    name="shared",
+    claim_labels=(
+        ClaimLabel("groups", "groups"),
+        ClaimLabel("realm_access.roles", "groups"),
+        ClaimLabel("email", "sub"),
+        ClaimLabel("client_id", "a-first"),
+    ),
+)
+
+
+def test_label_layout_is_the_sorted_names_or_none_when_they_collide() -> None:
+    assert OKTA.label_layout == (
+        ("email", 1),
+        ("groups", 0),
+        ("iss", -1),
+        ("roles", 2),
+        ("sub", -2),
+    )
+    assert SHARED_NAMES.label_layout is None
+    assert dataclasses.replace(OKTA, claim_labels=()).label_layout == (("iss", -1), ("sub", -2))
+    assert dataclasses.replace(OKTA, claim_labels=(ClaimLabel("x", "iss"),)).label_layout is None
+
+
+@pytest.mark.parametrize("issuer", [OKTA, SHARED_NAMES], ids=["layout", "shared-names"])
 @pytest.mark.parametrize("payload", CORPUS)
-def test_memoised_labels_equal_the_plain_mapping(payload: dict[str, Any]) -> None:
-    plain = oidc_labels(payload, OKTA)
+def test_memoised_labels_equal_the_plain_mapping(
+    payload: dict[str, Any], issuer: IssuerConfig
+) -> None:
+    plain = oidc_labels(payload, issuer)
     memo: dict[tuple[Any, ...], Labels] = {}
-    first = oidc_labels(payload, OKTA, memo)
-    again = oidc_labels(payload, OKTA, memo)
+    first = oidc_labels(payload, issuer, memo)
+    again = oidc_labels(payload, issuer, memo)
     assert first == plain and again == plain
+    # built in canonical order, it is exactly the set `Labels` makes of the same labels
+    assert tuple(first[0]) == tuple(Labels(list(plain[0])))
+    assert hash(first[0]) == hash(plain[0])
 
 
 def test_memo_never_serves_labels_across_different_claims() -> None:
@@ -291,10 +334,122 @@ def test_ecdsa_check_takes_exactly_r_and_s(alg: str) -> None:
     raw = pyjwt.utils.base64url_decode(sig)
     check = signature_checks(key.public_key())[alg]
     data = f"{head}.{body}".encode()
-    assert check(raw, data)
-    assert not check(raw[:-1], data) and not check(raw + b"\0", data)
-    assert not check(raw, data + b"x")
-    assert not check(bytes(len(raw)), data)  # r = s = 0
+    assert check(raw, data, sha256(data))
+    assert not check(raw[:-1], data, sha256(data)) and not check(raw + b"\0", data, sha256(data))
+    assert not check(raw, data + b"x", sha256(data + b"x"))
+    assert not check(bytes(len(raw)), data, sha256(data))  # r = s = 0
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+_DIGEST_INFO_PREFIX = {
+    "256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+
+
+def _raw_rsa_sign(key: rsa.RSAPrivateKey, em: bytes) -> bytes:
+    """The RSA private operation on an encoded message we choose — how an attacker's test
+    harness makes signatures with malformed padding that a signing API would never emit."""
+    nums = key.private_numbers()
+    n, k = nums.public_numbers.n, (key.key_size + 7) // 8
+    return pow(int.from_bytes(em, "big"), nums.d, n).to_bytes(k, "big")
+
+
+def _em(k: int, t: bytes, *, lead: bytes = b"\x00\x01", fill: int = 0xFF) -> bytes:
+    return lead + bytes([fill]) * (k - len(t) - 3) + b"\x00" + t
+
+
+@pytest.mark.parametrize("bits", ["256", "384", "512"])
+def test_rsa_pkcs1_check_gives_cryptography_s_verdict_on_forged_encodings(
+    rsa_key: Any, bits: str
+) -> None:
+    """RS* checks recover the encoded message and compare its DigestInfo; each forgery a
+    lenient PKCS#1 v1.5 parser has fallen for must get the verdict of cryptography's own
+    ``verify`` (which the check replaced for speed)."""
+    pub, k = rsa_key.public_key(), 256
+    base = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9"
+    h = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[bits]
+    digest = hashlib.new("sha" + bits, base).digest()
+    t = _DIGEST_INFO_PREFIX[bits] + digest
+    other = "384" if bits == "256" else "256"
+    cases = {
+        "valid": _raw_rsa_sign(rsa_key, _em(k, t)),
+        "padding byte not 0xff": _raw_rsa_sign(rsa_key, _em(k, t, fill=0xFE)),
+        "block type 2": _raw_rsa_sign(rsa_key, _em(k, t, lead=b"\x00\x02")),
+        "garbage after the hash": _raw_rsa_sign(
+            rsa_key, b"\x00\x01" + b"\xff" * 8 + b"\x00" + t + bytes(k - 11 - len(t))
+        ),
+        "short padding": _raw_rsa_sign(
+            rsa_key, bytes(k - 11 - len(t)) + b"\x00\x01" + b"\xff" * 8 + b"\x00" + t
+        ),
+        "DigestInfo without NULL": _raw_rsa_sign(
+            rsa_key,
+            _em(
+                k,
+                bytes([0x30, len(t) - 4, 0x30, 0x0B])
+                + _DIGEST_INFO_PREFIX[bits][4:15]
+                + _DIGEST_INFO_PREFIX[bits][17:]
+                + digest,
+            ),
+        ),
+        "another hash's DigestInfo": _raw_rsa_sign(
+            rsa_key,
+            _em(k, _DIGEST_INFO_PREFIX[other] + hashlib.new("sha" + other, base).digest()),
+        ),
+        "hash alone": _raw_rsa_sign(rsa_key, _em(k, digest)),
+        "signature of other data": _raw_rsa_sign(
+            rsa_key, _em(k, _DIGEST_INFO_PREFIX[bits] + hashlib.new("sha" + bits).digest())
+        ),
+        "zero": bytes(k),
+        "the modulus": pub.public_numbers().n.to_bytes(k, "big"),
+        "all ones": b"\xff" * k,
+        "leading zero stripped": b"",  # filled below
+        "one byte long": b"\x01" * (k + 1),
+    }
+    valid = cases["valid"]
+    for i in range(4096):  # a message whose signature starts with a zero byte (p = 1/256)
+        data = base + str(i).encode()
+        short = rsa_key.sign(data, padding.PKCS1v15(), h)
+        if short[0] == 0:
+            break
+    cases["leading zero stripped"] = short[1:]
+    check = signature_checks(pub)["RS" + bits]
+
+    def reference(sig: bytes, msg: bytes) -> bool:
+        try:
+            pub.verify(sig, msg, padding.PKCS1v15(), h)
+        except InvalidSignature:
+            return False
+        return True
+
+    assert short[0] == 0
+    assert check(valid, base, sha256(base)) and reference(valid, base)
+    assert check(short, data, sha256(data)), "a k-octet signature with a leading zero is valid"
+    for name, sig in cases.items():
+        msg = data if name == "leading zero stripped" else base
+        if name != "valid":
+            # ("leading zero stripped": `recover_data_from_signature` alone accepts it.)
+            assert not check(sig, msg, sha256(msg)), name
+        assert check(sig, msg, sha256(msg)) == reference(sig, msg), name
+
+
+def test_signature_checks_hash_the_input_when_the_caller_has_not(rsa_key: Any) -> None:
+    """`check_signature` without the caller's SHA-256 computes it; with a wrong one, an RS256
+    signature over the real input does not verify (the digest is what is checked)."""
+    issuer = dataclasses.replace(OKTA, algorithms=("RS256",))
+    tok = make_token(rsa_key, claims())
+    head, body, sig = tok.split(".")
+    data, raw = f"{head}.{body}".encode(), pyjwt.utils.base64url_decode(sig)
+    keys = [VerificationKey("k1", rsa_key.public_key())]
+    check_signature("RS256", "k1", issuer, keys, data, raw)
+    check_signature("RS256", "k1", issuer, keys, data, raw, sha256(data))
+    with pytest.raises(CredentialError) as info:
+        check_signature("RS256", "k1", issuer, keys, data, raw, sha256(b"other"))
+    assert info.value.code == "bad-signature"
 
 
 # -- the identity, built slot by slot ---------------------------------------------------------
@@ -308,3 +463,173 @@ def test_verified_identity_fast_constructor_equals_the_dataclass() -> None:
     assert fast == plain and repr(fast) == repr(plain) and fast.to_json() == plain.to_json()
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.subject = "mallory"  # type: ignore[misc]
+
+
+# -- segment decoding: the fast JSON and base64url paths against the strict ones -------------
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _strict_verdict(data: bytes) -> Any:
+    try:
+        return ("ok", _jwt._strict_json(data, "payload"))
+    except CredentialError as exc:
+        return ("rejected", exc.code)
+
+
+def _verdict(data: bytes) -> Any:
+    try:
+        return ("ok", _jwt.decode_segment(_b64url(data), "payload"))
+    except CredentialError as exc:
+        return ("rejected", exc.code)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values, with types (1 ≠ 1.0 ≠ True) and -0.0 ≠ 0.0 told apart."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b) or (a != a and b != b)
+    return bool(a == b)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet='abc :"\\\u00e9/', max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.dictionaries(st.text(alphabet='abc :"\\', max_size=3), JSON_VALUES, max_size=5),
+    style=st.sampled_from(["compact", "spaced", "ascii", "pretty"]),
+    duplicate=st.booleans(),
+)
+def test_fast_json_path_gives_the_strict_decoders_verdict(
+    value: dict[str, Any], style: str, duplicate: bool
+) -> None:
+    """Whatever orjson accepts on the fast path, the strict decoder decodes to the same value;
+    a duplicate member is refused on every path (the fast path must notice the member it
+    lost), however the text is spaced or escaped."""
+    seps = (",", ":") if style == "compact" else None
+    text = json.dumps(
+        value,
+        separators=seps,
+        ensure_ascii=style == "ascii",
+        indent=2 if style == "pretty" else None,
+    )
+    if duplicate:
+        key = next(iter(value), "k")
+        sep = ":" if style == "compact" else ": "
+        text = "{" + json.dumps(key) + sep + "0," + text[1:] if value else '{"k":1,"k":2}'
+    data = text.encode()
+    fast, strict = _verdict(data), _strict_verdict(data)
+    assert fast[0] == strict[0], (text, fast, strict)
+    if fast[0] == "ok":
+        assert _same(fast[1], strict[1]), text
+    else:
+        assert fast[1] == strict[1] == "malformed"
+    if duplicate:
+        assert fast == ("rejected", "malformed"), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1,"a":1}',  # the same member twice: re-serialised, one fewer member
+        '{"a":{"b":1,"b":2}}',
+        '{"a":[{"b":1,"b":1}]}',
+        '{"a": 1, "a": 1}',
+        '{"a":1,"\\u0061":1}',  # the same key, spelt twice
+        '{"a":NaN}',
+        '{"a":-Infinity}',
+        '{"a":1}x',
+        '["a"]',
+        '"a"',
+        '{"a":"\\ud800"}',
+    ],
+)
+def test_fast_json_path_refuses_what_the_strict_decoder_refuses(text: str) -> None:
+    assert _verdict(text.encode()) == _strict_verdict(text.encode())
+    assert _verdict(text.encode())[0] == ("ok" if text.startswith('{"a":"\\ud8') else "rejected")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n":123456789012345678901234567890}',  # beyond 64 bits: exact, an int
+        '{"n":18446744073709551615}',
+        '{"f":1E5,"g":1.50,"h":-0,"i":-0.0}',
+        '{"s":"caf\\u00e9 \\/ \\"q\\""}',
+        ' {"a" : [ 1 , 2 ] } ',
+        '{"name":"Alice Smith", "n": 1}',  # spaces between tokens and inside a string
+        '{"t":true,"f":false,"z":null,"e":{},"l":[]}',
+    ],
+)
+def test_other_spellings_take_the_strict_path_and_decode_alike(text: str) -> None:
+    fast, strict = _verdict(text.encode()), _strict_verdict(text.encode())
+    assert fast[0] == strict[0] == "ok"
+    assert _same(fast[1], strict[1])
+
+
+def _binascii_b64(segment: bytes) -> Any:
+    """The base64url decoding cport used before pybase64, kept here as the reference."""
+    data = segment.translate(bytes.maketrans(b"-_", b"+/"), b"+/=")
+    if len(data) != len(segment):
+        return "malformed"
+    try:
+        return binascii.a2b_base64(data + (b"", b"", b"==", b"=")[len(data) & 3], strict_mode=True)
+    except binascii.Error:
+        return "malformed"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.binary(max_size=40).map(_b64url)
+    | st.text(alphabet="ABCXYZabcxyz0189-_+/=. \n!\u00e9\x00", max_size=24).map(
+        lambda t: t.encode("utf-8")
+    )
+)
+def test_base64url_decoding_gives_binascii_strict_verdicts(segment: bytes) -> None:
+    try:
+        ours: Any = _jwt._b64(segment, "segment")
+    except CredentialError as exc:
+        ours = exc.code
+    assert ours == _binascii_b64(segment)
+
+
+def test_the_cache_binds_the_signature_not_only_the_signing_input(rsa_key: Any) -> None:
+    """The cache key is the SHA-256 of ``header.payload`` plus the signature segment: the
+    same header and payload under another signature is a different token, verified afresh
+    (a JWT's payload is often logged; its signature must still be needed)."""
+    verifier = verifier_for(rsa_key)
+    tok = make_token(rsa_key, claims())
+    verifier.verify(tok, NOW)
+    head, body, sig = tok.split(".")
+    flipped = sig[:10] + ("A" if sig[10] != "A" else "B") + sig[11:]
+    for forged in (f"{head}.{body}.{flipped}", f"{head}.{body}.{sig[:-4]}", f"{head}.{body}.x"):
+        assert verifier.cached(forged, NOW) is None
+        with pytest.raises(CredentialError) as info:
+            verifier.verify(forged, NOW)
+        assert info.value.code in ("bad-signature", "malformed")
+    for dotted in (f"{head}.{body}.{sig}.", f"{head}{body}.{sig}", tok.replace(".", "")):
+        assert verifier.cached(dotted, NOW) is None
+        with pytest.raises(CredentialError) as info:
+            verifier.verify(dotted, NOW)
+        assert info.value.code in ("malformed", "bad-signature")
+    assert verifier.cached(tok, NOW) is verifier.verify(tok, NOW)
+    # a token without jti is still named by the SHA-256 of the whole token
+    no_jti = make_token(rsa_key, claims(jti=None))
+    assert verifier.verify(no_jti, NOW).token_id == hashlib.sha256(no_jti.encode()).hexdigest()

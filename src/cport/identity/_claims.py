@@ -86,6 +86,32 @@ def _plain_values(claims: dict[str, Any], issuer: IssuerConfig) -> tuple[Any, ..
     return tuple(out)
 
 
+def _memo_labels(issuer: IssuerConfig, subject: str, values: tuple[Any, ...]) -> Labels:
+    """The labels of a holder from `_plain_values`: built in canonical order when the label
+    names are distinct (all ``oidc:``, so sorted names then sorted values are the set's
+    order), else through ``Labels`` like every other label set."""
+    layout = issuer.label_layout
+    items: list[Label] = []
+    if layout is None:
+        items.append(_new_tuple(Label, ("oidc", "iss", issuer.name)))
+        items.append(_new_tuple(Label, ("oidc", "sub", subject)))
+        for mapping, value in zip(issuer.claim_labels, values, strict=True):
+            if type(value) is str:
+                items.append(_new_tuple(Label, ("oidc", mapping.label, value)))
+            elif value is not None:
+                for text in value:
+                    items.append(_new_tuple(Label, ("oidc", mapping.label, text)))
+        return Labels(items)
+    for name, index in layout:
+        value = values[index] if index >= 0 else issuer.name if index == -1 else subject
+        if type(value) is str:
+            items.append(_new_tuple(Label, ("oidc", name, value)))
+        elif value is not None:
+            for text in sorted(set(value)) if len(value) > 1 else value:
+                items.append(_new_tuple(Label, ("oidc", name, text)))
+    return Labels.presorted(tuple(items))
+
+
 def oidc_labels(
     claims: dict[str, Any],
     issuer: IssuerConfig,
@@ -109,17 +135,7 @@ def oidc_labels(
             found = memo.get(key)
             if found is not None:
                 return found, None
-            items = [
-                _new_tuple(Label, ("oidc", "iss", issuer.name)),
-                _new_tuple(Label, ("oidc", "sub", subject)),
-            ]
-            for mapping, value in zip(issuer.claim_labels, values, strict=True):
-                if type(value) is str:
-                    items.append(_new_tuple(Label, ("oidc", mapping.label, value)))
-                elif value is not None:
-                    for text in value:
-                        items.append(_new_tuple(Label, ("oidc", mapping.label, text)))
-            out = Labels(items)
+            out = _memo_labels(issuer, subject, values)
             if len(memo) >= MEMO_SIZE:
                 memo.pop(next(iter(memo)), None)  # oldest first (None: raced)
             memo[key] = out

@@ -53,6 +53,16 @@ class IssuerConfig:
     # spiffe-jwt: the trust domains this issuer may speak for (default: the one its
     # ``spiffe://`` issuer names). A JWT-SVID for any other trust domain is refused.
     trust_domains: tuple[str, ...] = ()
+    #: The ``oidc:`` label names a holder gets (``iss``, ``sub`` and each mapping's), sorted,
+    #: each with the index of its mapping in `claim_labels` (-1: ``iss``, -2: ``sub``); None
+    #: when two share a name. Derived: lets a label set be built in canonical order.
+    label_layout: tuple[tuple[str, int], ...] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [m.label for m in self.claim_labels] + ["iss", "sub"]
+        order = sorted(zip(names, [*range(len(self.claim_labels)), -1, -2], strict=True))
+        layout = tuple(order) if len(set(names)) == len(names) else None
+        object.__setattr__(self, "label_layout", layout)
 
     def spiffe_trust_domains(self) -> tuple[str, ...]:
         if self.trust_domains:

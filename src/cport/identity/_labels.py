@@ -66,6 +66,18 @@ class Labels:
         self._hash = hash(self._items)
         self._keyed: dict[tuple[str, str], list[str]] | None = None
 
+    @classmethod
+    def presorted(cls, items: tuple[Label, ...]) -> Labels:
+        """The label set of `items`, which the caller has already sorted without duplicates
+        (what ``Labels(items)`` would make of them, without the set and sort). Only for hot
+        paths that build labels in canonical order by construction, each held by a test
+        against ``Labels(items)``."""
+        out = object.__new__(cls)
+        out._items = items
+        out._hash = hash(items)
+        out._keyed = None
+        return out
+
     def _index(self) -> dict[tuple[str, str], list[str]]:
         keyed = self._keyed
         if keyed is None:

@@ -2,7 +2,11 @@
 
 This is the I/O-touching shell around the pure `_jwt` checks: it asks a
 :class:`~cport.identity._keys.KeySource` for keys (which may fetch) and keeps a bounded cache
-of verified tokens keyed by the SHA-256 of the token, never past the token's ``exp``.
+of verified tokens, never past the token's ``exp``, keyed by the token's hash: the SHA-256
+of its signing input (``header.payload``) followed by its signature segment. Two tokens with
+one key have the same signing input (barring a SHA-256 collision) and the same signature, so
+they are the same token; and the signature checks reuse that SHA-256 instead of hashing the
+signing input a second time (see :data:`~cport.identity._jwt.SignatureCheck`).
 
 Besides that cache, two small memos spare work on tokens never seen before, neither of which
 can be filled by an unverified token nor changes any check: the ``(alg, kid)`` of header
@@ -78,7 +82,11 @@ class Verifier:
         """The cached identity of `token` if it was verified before and has not expired."""
         if not token.isascii():
             return None  # never verified, so never cached
-        hit = self._cache.get(_sha256(token.encode("ascii")).digest())
+        raw = token.encode("ascii")
+        dot = raw.rfind(b".")
+        if dot < 0:
+            return None  # not a JWS, so never cached
+        hit = self._cache.get(_sha256(raw[:dot]).digest() + raw[dot + 1 :])
         if hit is not None and now < hit.expires_at:
             return hit
         return None
@@ -88,22 +96,31 @@ class Verifier:
         if now is None:
             now = self._clock()
         raw = ascii_token(token, self._max_bytes)
-        digest = _sha256(raw).digest()
-        hit = self._cache.get(digest)
+        dot = raw.rfind(b".")
+        if dot < 0:
+            split_jws(raw)  # raises: a compact JWS has three segments
+        sha256 = _sha256(raw[:dot]).digest()
+        key = sha256 + raw[dot + 1 :]
+        hit = self._cache.get(key)
         if hit is not None:
             if now < hit.expires_at:
                 return hit
-            self._cache.pop(digest, None)
-        identity = self._verify(raw, now, digest)
+            self._cache.pop(key, None)
+        identity = self._verify(raw, dot, now, sha256)
         if self._cache_size <= 0:
             return identity
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)), None)  # oldest first
-        self._cache[digest] = identity
+        self._cache[key] = identity
         return identity
 
-    def _verify(self, raw: bytes, now: float, digest: bytes) -> VerifiedIdentity:
-        h, p, s = split_jws(raw)
+    def _verify(self, raw: bytes, dot: int, now: float, sha256: bytes) -> VerifiedIdentity:
+        """`raw` verified; its last "." is at `dot` and `sha256` is the SHA-256 of what
+        precedes it (the signing input)."""
+        first = raw.find(b".")
+        if first == dot or raw.count(b".") != 2:
+            split_jws(raw)  # raises, naming what the token is instead
+        h, p, s = raw[:first], raw[first + 1 : dot], raw[dot + 1 :]
         known = self._headers.get(h)
         header = decode_segment(h, "header") if known is None else None
         claims = decode_segment(p, "payload")
@@ -121,23 +138,23 @@ class Verifier:
             assert known is not None
             alg, kid = known
         check_alg(alg, issuer)
-        signing_input = raw[: len(h) + 1 + len(p)]
+        signing_input = raw[:dot]
         try:
             keys = self.keys.keys(issuer, now)
-            check_signature(alg, kid, issuer, keys, signing_input, signature)
+            check_signature(alg, kid, issuer, keys, signing_input, signature, sha256)
         except CredentialError as exc:
             # A new signing key the cache has not seen: refetch, rate-limited by the source.
             if exc.code != "unknown-kid" or not self.keys.refetch(issuer, now):
                 raise
             keys = self.keys.keys(issuer, now)
-            check_signature(alg, kid, issuer, keys, signing_input, signature)
+            check_signature(alg, kid, issuer, keys, signing_input, signature, sha256)
         check_claims(claims, issuer, now)
         if header is not None and len(self._headers) < HEADER_CACHE_SIZE:
             self._headers[h] = (alg, kid)  # only after the signature verified
         exp = float(claims["exp"])
         subject = subject_of(claims)
         jti = claims.get("jti")
-        token_id = jti if isinstance(jti, str) and jti else digest.hex()
+        token_id = jti if isinstance(jti, str) and jti else _sha256(raw).hexdigest()
         actor: str | None = None
         kind = issuer.kind
         if kind == "kubernetes":

@@ -17,11 +17,11 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cport.errors import CredentialError, TokenExpired
 from cport.identity import (
@@ -33,10 +33,10 @@ from cport.identity import (
     VerifiedIdentity,
     Verifier,
     _claims,
+    _jwt,
 )
 from cport.identity._claims import oidc_labels
 from cport.identity._credentials import verified_identity
-from cport.identity import _jwt
 from cport.identity._jwt import check_signature, signature_checks
 
 NOW = 1_900_000_000.0
@@ -493,7 +493,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b) or (a != a and b != b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
     return bool(a == b)
 
 
@@ -633,3 +633,26 @@ def test_the_cache_binds_the_signature_not_only_the_signing_input(rsa_key: Any) 
     # a token without jti is still named by the SHA-256 of the whole token
     no_jti = make_token(rsa_key, claims(jti=None))
     assert verifier.verify(no_jti, NOW).token_id == hashlib.sha256(no_jti.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "algorithms, secret",
+    [
+        (("RS256", "ES256", "EdDSA"), None),
+        (("RS256", "none", "HS256"), None),
+        (("HS256", "HS512", "none"), b"s" * 32),
+        ((), None),
+    ],
+)
+def test_usable_algorithms_are_exactly_what_check_alg_admits(
+    algorithms: tuple[str, ...], secret: bytes | None
+) -> None:
+    issuer = dataclasses.replace(OKTA, algorithms=algorithms, hmac_secret=secret)
+    for alg in ("RS256", "ES256", "EdDSA", "PS256", "HS256", "HS512", "none", "None", ""):
+        try:
+            _jwt.check_alg(alg, issuer)
+            admitted = True
+        except CredentialError as exc:
+            assert exc.code == "alg-not-allowed"
+            admitted = False
+        assert admitted == (alg in issuer.usable_algorithms), alg

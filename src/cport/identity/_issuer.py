@@ -57,12 +57,20 @@ class IssuerConfig:
     #: each with the index of its mapping in `claim_labels` (-1: ``iss``, -2: ``sub``); None
     #: when two share a name. Derived: lets a label set be built in canonical order.
     label_layout: tuple[tuple[str, int], ...] | None = field(init=False, repr=False, compare=False)
+    #: `algorithms` without ``none``, and without HMAC unless the issuer has a secret.
+    usable_algorithms: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [m.label for m in self.claim_labels] + ["iss", "sub"]
         order = sorted(zip(names, [*range(len(self.claim_labels)), -1, -2], strict=True))
         layout = tuple(order) if len(set(names)) == len(names) else None
         object.__setattr__(self, "label_layout", layout)
+        usable = {
+            alg
+            for alg in self.algorithms
+            if alg != "none" and (alg not in HMAC_ALGORITHMS or self.hmac_secret is not None)
+        }
+        object.__setattr__(self, "usable_algorithms", frozenset(usable))
 
     def spiffe_trust_domains(self) -> tuple[str, ...]:
         if self.trust_domains:

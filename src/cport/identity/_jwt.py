@@ -335,11 +335,15 @@ def header_fields(header: Mapping[str, Any]) -> tuple[str, str | None]:
 
 
 def check_alg(alg: str, issuer: IssuerConfig) -> None:
-    """`alg` is in the issuer's list (never ``none``; HMAC only with its own secret)."""
+    """`alg` is in the issuer's list (never ``none``; HMAC only with its own secret): one of
+    ``issuer.usable_algorithms``, which a hot path may test itself before calling this."""
+    if alg in issuer.usable_algorithms:
+        return
     if alg not in issuer.algorithms or alg == "none":
         raise _reject("alg-not-allowed", f"alg {alg!r} is not allowed for issuer {issuer.name}")
     if alg in HMAC_ALGORITHMS and issuer.hmac_secret is None:
         raise _reject("alg-not-allowed", f"alg {alg!r} needs a shared secret for {issuer.name}")
+    raise _reject("alg-not-allowed", f"alg {alg!r} is not usable for issuer {issuer.name}")
 
 
 def check_signature(
@@ -415,6 +419,18 @@ def claim_at(claims: dict[str, Any], path: str) -> Any:
     return value
 
 
+def _check_subject(claims: dict[str, Any]) -> None:
+    for name in ("sub", "client_id", "azp", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise _reject("malformed", f"claim {name!r} is not a string")
+    if not (
+        isinstance(claims.get("sub"), str)
+        or isinstance(claims.get("client_id"), str)
+        or isinstance(claims.get("azp"), str)
+    ):
+        raise _reject("missing-claim", "the token names no subject (sub, client_id or azp)")
+
+
 def check_claims(claims: dict[str, Any], issuer: IssuerConfig, now: float) -> None:
     """Registered and required claims, with the issuer's clock skew."""
     # JWT-SVIDs need not carry iss: their issuer is the trust domain of sub.
@@ -451,15 +467,14 @@ def check_claims(claims: dict[str, Any], issuer: IssuerConfig, now: float) -> No
             iat = _time(iat, "iat")
         if iat > now + skew:
             raise _reject("issued-in-future", f"the token was issued {int(iat - now)} s from now")
-    for name in ("sub", "client_id", "azp", "jti"):
-        if name in claims and not isinstance(claims[name], str):
-            raise _reject("malformed", f"claim {name!r} is not a string")
-    if not (
-        isinstance(claims.get("sub"), str)
-        or isinstance(claims.get("client_id"), str)
-        or isinstance(claims.get("azp"), str)
+    get = claims.get
+    if (  # the usual case, decided at once: a string sub, the others strings if present
+        get("sub").__class__ is not str
+        or get("client_id", "").__class__ is not str
+        or get("azp", "").__class__ is not str
+        or get("jti", "").__class__ is not str
     ):
-        raise _reject("missing-claim", "the token names no subject (sub, client_id or azp)")
+        _check_subject(claims)
     for path, allowed in issuer.required_claims:
         value = claim_at(claims, path)
         if value is None or value == []:

@@ -95,7 +95,10 @@ class Verifier:
         """Verify `token` or raise :class:`~cport.errors.CredentialError` with a reason code."""
         if now is None:
             now = self._clock()
-        raw = ascii_token(token, self._max_bytes)
+        if len(token) <= self._max_bytes and token.isascii():
+            raw = token.encode()
+        else:
+            raw = ascii_token(token, self._max_bytes)  # raises, naming which
         dot = raw.rfind(b".")
         if dot < 0:
             split_jws(raw)  # raises: a compact JWS has three segments
@@ -137,7 +140,8 @@ class Verifier:
         else:
             assert known is not None
             alg, kid = known
-        check_alg(alg, issuer)
+        if alg not in issuer.usable_algorithms:
+            check_alg(alg, issuer)  # raises, naming why
         signing_input = raw[:dot]
         try:
             keys = self.keys.keys(issuer, now)

@@ -249,20 +249,12 @@ class _Front:
             )
         )
         agent.flows.publish(
-            FlowRecord(
-                time.time_ns(),
+            _flow_record(
                 "open" if d.allowed else "refused",
                 self.enforcer,
-                d.verdict.value,
-                d.reason.value,
-                attempt.peer,
-                attempt.peer_identity,
-                attempt.workload.ref,
-                attempt.port,
-                src=f"{attempt.client[0]}:{attempt.client[1]}",
-                policies=outcome.policy_names,
+                attempt,
+                outcome,
                 explanation_id=outcome.explanation_id,
-                token_id=attempt.credential.token_id if attempt.credential else "",
             )
         )
         return outcome
@@ -390,7 +382,6 @@ class _Front:
         counters = counters or RelayCounters()
         duration = duration_ns
         d = outcome.decision
-        cred = attempt.credential
         agent.submit(
             audit_event(
                 attempt,
@@ -409,25 +400,42 @@ class _Front:
             )
         )
         agent.flows.publish(
-            FlowRecord(
-                time.time_ns(),
+            _flow_record(
                 "close",
                 self.enforcer,
-                d.verdict.value,
-                d.reason.value,
-                attempt.peer,
-                attempt.peer_identity,
-                attempt.workload.ref,
-                attempt.port,
-                src=client or f"{attempt.client[0]}:{attempt.client[1]}",
-                policies=outcome.policy_names,
-                token_id=cred.token_id if cred else "",
+                attempt,
+                outcome,
+                src=client,
                 bytes_up=counters.bytes_up,
                 bytes_down=counters.bytes_down,
                 duration_ms=duration / 1e6,
                 termination=termination,
             )
         )
+
+
+def _flow_record(
+    event: str, enforcer: str, attempt: Attempt, outcome: Outcome, src: str = "", **more: Any
+) -> FlowRecord:
+    """The live-flow line of a decided attempt (`cport observe`): who, which port, the verdict
+    and the policies; `src` defaults to the attempt's client address."""
+    d = outcome.decision
+    cred = attempt.credential
+    return FlowRecord(
+        time.time_ns(),
+        event,
+        enforcer,
+        d.verdict.value,
+        d.reason.value,
+        attempt.peer,
+        attempt.peer_identity,
+        attempt.workload.ref,
+        attempt.port,
+        src=src or f"{attempt.client[0]}:{attempt.client[1]}",
+        policies=outcome.policy_names,
+        token_id=cred.token_id if cred else "",
+        **more,
+    )
 
 
 class Gateway(_Front):

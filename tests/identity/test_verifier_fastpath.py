@@ -309,7 +309,10 @@ def test_signature_checks_follow_key_type_size_curve_and_jwk_alg() -> None:
     assert set(signature_checks(p384)) == {"ES384"}
     assert set(signature_checks(p521)) == {"ES512"}
     assert set(signature_checks(k1)) == set()
-    assert set(signature_checks(ed)) == set(signature_checks(ed4)) == {"EdDSA"}
+    assert set(signature_checks(ed)) == {"EdDSA", "Ed25519"}
+    assert set(signature_checks(ed4)) == {"EdDSA", "Ed448"}
+    assert set(signature_checks(ed, "Ed25519")) == {"Ed25519"}
+    assert set(signature_checks(ed, "Ed448")) == set()
     assert set(signature_checks(rsa2048, "PS384")) == {"PS384"}
     assert set(signature_checks(p256, "ES384")) == set()
     assert set(signature_checks(ed, "none")) == set()
@@ -656,3 +659,29 @@ def test_usable_algorithms_are_exactly_what_check_alg_admits(
             assert exc.code == "alg-not-allowed"
             admitted = False
         assert admitted == (alg in issuer.usable_algorithms), alg
+
+
+@pytest.mark.parametrize("curve", ["Ed25519", "Ed448"])
+def test_rfc9864_fully_specified_eddsa_algorithms(curve: str) -> None:
+    """``Ed25519``/``Ed448`` (RFC 9864) verify only when the issuer lists them and only with
+    a key of that curve; ``EdDSA`` keeps working for the same keys."""
+    ed: Any = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+    key, other = (ed[0], ed[1]) if curve == "Ed25519" else (ed[1], ed[0])
+    key = key.generate()
+    header = _b64url(json.dumps({"alg": curve, "kid": "k1"}).encode()).decode()
+    body = _b64url(json.dumps(claims()).encode()).decode()
+    sig = _b64url(key.sign(f"{header}.{body}".encode())).decode()
+    tok = f"{header}.{body}.{sig}"
+    listed = dataclasses.replace(OKTA, algorithms=("EdDSA", curve))
+
+    def verify(issuer: IssuerConfig, signer: Any) -> str:
+        keys = StaticKeySource({issuer.name: [VerificationKey("k1", signer.public_key())]})
+        try:
+            Verifier([issuer], keys).verify(tok, NOW)
+        except CredentialError as exc:
+            return exc.code
+        return "ok"
+
+    assert verify(listed, key) == "ok"
+    assert verify(OKTA, key) == "alg-not-allowed"  # the default list names EdDSA only
+    assert verify(listed, other.generate()) == "alg-not-allowed"  # no key of that curve

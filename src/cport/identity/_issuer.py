@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+    | {"Ed25519", "Ed448"}  # RFC 9864's fully specified EdDSA algorithms
 )
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ISSUER_KINDS = ("oidc", "kubernetes", "spiffe-jwt")

@@ -138,7 +138,8 @@ def _eddsa_check(key: ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) -> Signat
 
 def signature_checks(key: PublicKey, jwk_alg: str | None = None) -> dict[str, SignatureCheck]:
     """The signature checks `key` can make, by JWS algorithm: RSA of at least 2048 bits for
-    RS*/PS*, the EC curve of the algorithm for ES*, Ed25519/Ed448 for EdDSA; only `jwk_alg`
+    RS*/PS*, the EC curve of the algorithm for ES*, Ed25519/Ed448 for EdDSA (and for RFC 9864's
+    ``Ed25519``/``Ed448``, each only with its own curve); only `jwk_alg`
     when the JWK named one. Type, size and curve are decided here, once per key."""
     out: dict[str, SignatureCheck] = {}
     if isinstance(key, rsa.RSAPublicKey):
@@ -152,7 +153,10 @@ def signature_checks(key: PublicKey, jwk_alg: str | None = None) -> dict[str, Si
             if key.curve.name == curve:
                 out[alg] = _ec_check(key, size, _HASHES[alg[2:]])
     elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        # "EdDSA" (RFC 8037) names the curve by the key; RFC 9864's fully specified
+        # "Ed25519"/"Ed448" name it in the token, and deprecate "EdDSA".
         out["EdDSA"] = _eddsa_check(key)
+        out["Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448"] = out["EdDSA"]
     if jwk_alg is not None:
         out = {alg: check for alg, check in out.items() if alg == jwk_alg}
     return out

@@ -142,6 +142,23 @@ class PKI:
         }[via]
         return make_cert(self.leaf_key, signer, issuer=issuer, uris=uris, **kw)
 
+    def root_cert(self, **kw: Any) -> x509.Certificate:
+        """Another certificate for corp's root key, self-signed, a CA; `kw` as `make_cert`."""
+        return make_cert(
+            self.root_key, self.root_key, subject="corp root", issuer="corp root", ca=True, **kw
+        )
+
+    def inter_cert(self, **kw: Any) -> x509.Certificate:
+        """Another certificate for corp's intermediate key, issued by the root, a CA."""
+        return make_cert(
+            self.inter_key,
+            self.root_key,
+            subject="corp intermediate",
+            issuer="corp root",
+            ca=True,
+            **kw,
+        )
+
 
 @pytest.fixture(scope="module")
 def pki() -> PKI:
@@ -286,12 +303,7 @@ def test_not_yet_valid_leaf(pki: PKI) -> None:
 
 
 def test_expired_intermediate(pki: PKI) -> None:
-    inter = make_cert(
-        pki.inter_key,
-        pki.root_key,
-        subject="corp intermediate",
-        issuer="corp root",
-        ca=True,
+    inter = pki.inter_cert(
         not_before=NOW - 30 * DAY,
         not_after=NOW - DAY,
     )
@@ -299,12 +311,7 @@ def test_expired_intermediate(pki: PKI) -> None:
 
 
 def test_expired_root(pki: PKI) -> None:
-    root = make_cert(
-        pki.root_key,
-        pki.root_key,
-        subject="corp root",
-        issuer="corp root",
-        ca=True,
+    root = pki.root_cert(
         not_before=NOW - 30 * DAY,
         not_after=NOW - DAY,
     )
@@ -312,12 +319,7 @@ def test_expired_root(pki: PKI) -> None:
 
 
 def test_rotated_root_with_same_name_picks_the_valid_one(pki: PKI) -> None:
-    old = make_cert(
-        pki.root_key,
-        pki.root_key,
-        subject="corp root",
-        issuer="corp root",
-        ca=True,
+    old = pki.root_cert(
         not_before=NOW - 30 * DAY,
         not_after=NOW - DAY,
     )
@@ -400,12 +402,7 @@ def test_intermediate_without_basic_constraints(pki: PKI) -> None:
 
 
 def test_intermediate_without_key_cert_sign(pki: PKI) -> None:
-    inter = make_cert(
-        pki.inter_key,
-        pki.root_key,
-        subject="corp intermediate",
-        issuer="corp root",
-        ca=True,
+    inter = pki.inter_cert(
         key_usage=LEAF_KU,
     )
     x509_reject(pki, "untrusted-chain", [pki.leaf(), inter])
@@ -427,12 +424,7 @@ def _constrained_inter(
         permitted_subtrees=[x509.UniformResourceIdentifier(permitted)] if permitted else None,
         excluded_subtrees=[x509.UniformResourceIdentifier(excluded)] if excluded else None,
     )
-    return make_cert(
-        pki.inter_key,
-        pki.root_key,
-        subject="corp intermediate",
-        issuer="corp root",
-        ca=True,
+    return pki.inter_cert(
         extra=[(nc, True)],
     )
 

@@ -54,7 +54,7 @@ PublicKey = (
 SignatureCheck = Callable[[bytes, bytes, bytes], bool]
 
 
-def _rsa_check(key: rsa.RSAPublicKey, pad: padding.AsymmetricPadding, h: Any) -> SignatureCheck:
+def _rsa_pss_check(key: rsa.RSAPublicKey, pad: padding.AsymmetricPadding, h: Any) -> SignatureCheck:
     verify = key.verify
 
     def check(sig: bytes, data: bytes, sha256: bytes) -> bool:
@@ -147,7 +147,7 @@ def signature_checks(key: PublicKey, jwk_alg: str | None = None) -> dict[str, Si
             for bits, h in _HASHES.items():
                 out["RS" + bits] = _rsa_pkcs1_check(key, bits)
                 pss = padding.PSS(padding.MGF1(h), h.digest_size)
-                out["PS" + bits] = _rsa_check(key, pss, h)
+                out["PS" + bits] = _rsa_pss_check(key, pss, h)
     elif isinstance(key, ec.EllipticCurvePublicKey):
         for alg, (curve, size) in _CURVES.items():
             if key.curve.name == curve:

@@ -43,6 +43,13 @@ from cport.identity._labels import Label, Labels
 _sha256 = hashlib.sha256
 
 
+def cache_key(raw: bytes, dot: int) -> tuple[bytes, bytes]:
+    """The cache key of token `raw` whose last "." is at `dot`, and the SHA-256 of its signing
+    input (the key's first 32 bytes; the signature checks reuse it)."""
+    sha256 = _sha256(raw[:dot]).digest()
+    return sha256 + raw[dot + 1 :], sha256
+
+
 class Verifier:
     """Verify bearer tokens (OIDC, Kubernetes service-account, JWT-SVID) from configured
     issuers. `clock` is used only when `verify` is not given `now`.
@@ -86,7 +93,7 @@ class Verifier:
         dot = raw.rfind(b".")
         if dot < 0:
             return None  # not a JWS, so never cached
-        hit = self._cache.get(_sha256(raw[:dot]).digest() + raw[dot + 1 :])
+        hit = self._cache.get(cache_key(raw, dot)[0])
         if hit is not None and now < hit.expires_at:
             return hit
         return None
@@ -102,8 +109,7 @@ class Verifier:
         dot = raw.rfind(b".")
         if dot < 0:
             split_jws(raw)  # raises: a compact JWS has three segments
-        sha256 = _sha256(raw[:dot]).digest()
-        key = sha256 + raw[dot + 1 :]
+        key, sha256 = cache_key(raw, dot)
         hit = self._cache.get(key)
         if hit is not None:
             if now < hit.expires_at:

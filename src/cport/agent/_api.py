@@ -12,7 +12,6 @@ import hmac
 import ipaddress
 import json
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cport import __version__
+from cport._time import iso_s
 from cport.agent._ebpf import GRANT_STATUS
 from cport.agent._flows import FlowFilter, FlowRecord
 from cport.agent._openapi import OPENAPI
@@ -383,7 +383,7 @@ def _rev_json(r: Any) -> dict[str, object]:
         "created": r.created,
         "until": r.until,
         "reason": r.reason,
-        "createdIso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created)),
+        "createdIso": iso_s(r.created),
     }
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cport._time import iso_s
 from cport.agent._decide import Attempt, Outcome
 from cport.agent._flows import FlowRecord
 from cport.config import HostPort
@@ -328,7 +329,7 @@ class EbpfEnforcer:
             if other is not None:
                 raise CportError(
                     f"{address} is bound to identity {other.identity} ({other.credential.subject})"
-                    f" until {_iso(other.credential.expires_at)}: one address is one identity",
+                    f" until {iso_s(other.credential.expires_at)}: one address is one identity",
                     code="address-bound",
                 )
             await asyncio.get_running_loop().run_in_executor(
@@ -462,7 +463,7 @@ async def serve_grant(
         **g.to_json(),
         "target": f"{attempt.workload.ref}:{attempt.port}",
         "connectTo": str(direct),
-        "expiresAtIso": _iso(expires),
+        "expiresAtIso": iso_s(expires),
     }
     response = http_response(
         200,
@@ -479,10 +480,6 @@ async def serve_grant(
     await loop.sock_sendall(conn, response)
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def _log_grant(g: Grant) -> None:
     c = g.credential
     log.info(
@@ -493,7 +490,7 @@ def _log_grant(g: Grant) -> None:
         c.kind,
         c.subject,
         c.token_id,
-        _iso(c.expires_at),
+        iso_s(c.expires_at),
     )
 
 

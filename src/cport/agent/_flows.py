@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+from cport._time import iso_ms
+
 
 @dataclass(frozen=True, slots=True)
 class FlowRecord:
@@ -39,7 +41,7 @@ class FlowRecord:
     def to_json(self) -> dict[str, object]:
         doc = asdict(self)
         doc["policies"] = list(self.policies)
-        doc["time"] = iso(self.time_ns)
+        doc["time"] = iso_ms(self.time_ns)
         return doc
 
     @classmethod
@@ -69,10 +71,6 @@ class FlowRecord:
 
 
 _FIELDS = frozenset(FlowRecord.__dataclass_fields__)
-
-
-def iso(time_ns: int) -> str:
-    return dt.datetime.fromtimestamp(time_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,4 +141,4 @@ class FlowHub:
         return iter(list(self._ring))
 
 
-__all__ = ["FlowFilter", "FlowHub", "FlowRecord", "iso"]
+__all__ = ["FlowFilter", "FlowHub", "FlowRecord"]

@@ -17,6 +17,7 @@ import click
 from rich.progress import Progress
 from rich.table import Table as RichTable
 
+from cport._time import iso_ms
 from cport.audit import AuditFilter, Signer, SQLiteStore, Store, StoredEvent
 from cport.cli._common import (
     EXIT_FAIL,
@@ -77,10 +78,6 @@ def parse_time(text: str | None, now: float | None = None) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1e9)
-
-
-def _iso(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def open_store(store: str | None, state_dir: Path, *, signing: bool = False) -> Store:
@@ -233,7 +230,7 @@ def checkpoint(store: str | None, state_dir: Path, export_: bool, output: str) -
     if cp is None:
         raise AuditError("nothing to checkpoint: the store is empty", code="audit-empty")
     signer = Signer.load_or_create(state_dir)
-    doc = {**cp.to_json(), "time": _iso(cp.time_ns), "publicKey": signer.public_pem()}
+    doc = {**cp.to_json(), "time": iso_ms(cp.time_ns), "publicKey": signer.public_pem()}
     if output == "json" or export_:
         emit_json(doc)
     else:
@@ -261,7 +258,7 @@ def query(store: str | None, state_dir: Path, limit: int, output: str, **kw: Any
         e = r.event
         pols = ",".join(f"{p.namespace}/{p.name}" if p.namespace else p.name for p in e.policies)
         console.print(
-            f"{r.seq:>8} {_iso(e.time_ns)} {e.verdict:<13} {e.reason:<17} "
+            f"{r.seq:>8} {iso_ms(e.time_ns)} {e.verdict:<13} {e.reason:<17} "
             f"{e.subject or e.peer_identity} → {e.workload}:{e.port}/{e.protocol} "
             f"{pols}",
             markup=False,
@@ -300,7 +297,7 @@ def export(store: str | None, state_dir: Path, fmt: str, out_path: str | None, *
             for i, r in enumerate(st.query(flt), start=1):
                 doc = {"seq": r.seq, "hash": r.hash.hex(), **r.event.to_json()}
                 if writer is not None:
-                    doc["time"] = _iso(r.event.time_ns)
+                    doc["time"] = iso_ms(r.event.time_ns)
                     doc["policies"] = ";".join(
                         f"{p['kind']}/{p['namespace']}/{p['name']}@{p['revision']}"
                         for p in doc["policies"]
@@ -352,8 +349,8 @@ def who_cmd(store: str | None, state_dir: Path, output: str, **kw: Any) -> None:
             str(r.peer_identity),
             escape(f"{r.workload}:{r.port}/{r.protocol}"),
             str(r.count),
-            _iso(r.first_ns),
-            _iso(r.last_ns),
+            iso_ms(r.first_ns),
+            iso_ms(r.last_ns),
             ", ".join(f"{k} {v}" for k, v in sorted(r.verdicts.items())),
         )
     console.print(t)

@@ -8,13 +8,13 @@ import asyncio
 import contextlib
 import json
 import signal
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from cport._time import iso_s
 from cport.cli._common import err_console, escape, handle_errors, output_option
 from cport.errors import CportError
 
@@ -155,10 +155,6 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     asyncio.run(guarded())
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 async def _grant_main(
     target: str, gateway: tuple[str, int], tokens: TokenSource, as_json: bool
 ) -> None:
@@ -172,7 +168,7 @@ async def _grant_main(
             click.echo(json.dumps({"event": kind, **doc}, default=str))
             return
         expires = doc.get("expiresAt")
-        until = _iso(float(expires)) if isinstance(expires, int | float) else "?"
+        until = iso_s(float(expires)) if isinstance(expires, int | float) else "?"
         if kind in ("granted", "regranted"):
             if not printed:  # scripts read where to connect from standard output
                 click.echo(str(doc.get("connectTo", "")))

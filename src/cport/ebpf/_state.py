@@ -8,12 +8,12 @@ attachment. :class:`~cport.ebpf.BpfDatapath` reads through it, and so does ``cpo
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cport._time import iso_ms
 from cport.ebpf import _layout as L
 from cport.ebpf._clock import boot_ns, wall_minus_boot_ns
 from cport.ebpf._encode import (
@@ -68,9 +68,7 @@ def is_bpffs(path: Path) -> bool:
 
 
 def _iso(unix_ns: int) -> str:
-    if not unix_ns:
-        return ""
-    return dt.datetime.fromtimestamp(unix_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
+    return iso_ms(unix_ns) if unix_ns else ""
 
 
 @dataclass(frozen=True, slots=True)
